@@ -1,0 +1,74 @@
+"""Building one production-grade async engine and sessionmaker from settings."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool, StaticPool
+
+from .settings import DatabaseSettings
+from .urls import is_postgresql, is_sqlite
+
+SessionFactory = async_sessionmaker[AsyncSession]
+"""The sessionmaker type every database gets."""
+
+
+def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
+    """Keyword arguments of `create_async_engine` for *settings*."""
+    url = settings.url
+    options: dict[str, Any] = {"echo": settings.echo, "pool_pre_ping": settings.pool_pre_ping}
+    connect_args: dict[str, Any] = {}
+    if is_sqlite(url) and url.database in (None, "", ":memory:"):
+        # One in-memory database lives and dies with its only connection.
+        options["poolclass"] = StaticPool
+    else:
+        options.update(
+            pool_size=settings.pool_size,
+            max_overflow=settings.max_overflow,
+            pool_recycle=settings.pool_recycle,
+            pool_use_lifo=settings.pool_use_lifo,
+            pool_timeout=settings.pool_timeout,
+        )
+    connect_args["timeout"] = settings.connect_timeout
+    if is_postgresql(url) and url.get_driver_name() == "asyncpg":
+        if "application_name" not in url.query:
+            connect_args["server_settings"] = {"application_name": f"dbrouter:{name}"[:63]}
+        if settings.pgbouncer:
+            # PgBouncer in transaction mode may hand each transaction another server
+            # connection: prepared statements must not be cached or share names.
+            connect_args["statement_cache_size"] = 0
+            connect_args["prepared_statement_name_func"] = _unique_statement_name
+            url = url.update_query_dict({"prepared_statement_cache_size": "0"})
+    options["connect_args"] = connect_args
+    options["url"] = url
+    return options
+
+
+def build_engine(settings: DatabaseSettings, *, name: str, **overrides: Any) -> AsyncEngine:
+    """A new engine for *settings*; *overrides* replace single options (tests, tenants)."""
+    options = engine_options(settings, name=name)
+    if overrides.get("poolclass") is NullPool:
+        for key in ("pool_size", "max_overflow", "pool_timeout", "pool_use_lifo"):
+            options.pop(key, None)
+    options.update(overrides)
+    return create_async_engine(options.pop("url"), **options)
+
+
+def build_sessionmaker(engine: AsyncEngine) -> SessionFactory:
+    """The one session configuration dbrouter hands out.
+
+    ``expire_on_commit=False`` keeps ORM objects readable after commit, so a response
+    model can read them without a lazy load (which would raise ``MissingGreenlet``).
+    """
+    return async_sessionmaker(engine, class_=AsyncSession, autoflush=False, expire_on_commit=False)
+
+
+def _unique_statement_name() -> str:
+    return f"__dbrouter_{uuid.uuid4().hex}__"

@@ -1,0 +1,75 @@
+"""The exception tree: one root, a shallow tree, builtin mixins.
+
+Messages are written for the developer reading a log or a traceback: they say what was
+wrong and what the valid choices are. They never contain a password. HTTP clients see
+none of them verbatim; the FastAPI layer turns them into short, generic responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def _choices(names: Iterable[str]) -> str:
+    listed = sorted(names)
+    return ", ".join(repr(name) for name in listed) if listed else "(none configured)"
+
+
+class DBRouterError(Exception):
+    """Root of every error dbrouter raises."""
+
+
+class ConfigurationError(DBRouterError, ValueError):
+    """The configuration is invalid: an unknown key, a bad URL, a dangling reference.
+
+    ``problems`` lists each problem as ``(key, message)``, the key dotted from the top of
+    the settings (``databases.primary.url``), or empty where the message names it.
+    """
+
+    def __init__(self, message: str, *, problems: Iterable[tuple[str, str]] = ()) -> None:
+        self.problems = tuple(problems) or (("", message),)
+        super().__init__(message)
+
+
+class UnknownDatabaseError(DBRouterError, LookupError):
+    """A database name that is not configured was asked for."""
+
+    def __init__(self, name: str, configured: Iterable[str]) -> None:
+        self.name = name
+        self.configured = tuple(sorted(configured))
+        super().__init__(
+            f"unknown database {name!r}; configured databases: {_choices(self.configured)}"
+        )
+
+
+class TenantError(DBRouterError):
+    """Base of the errors about the tenant of a request."""
+
+
+class TenantResolutionError(TenantError, ValueError):
+    """No tenant could be read from the request, or the id read is malformed."""
+
+
+class UnknownTenantError(TenantError, LookupError):
+    """The tenant id is well formed but names no known tenant."""
+
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+        super().__init__(f"unknown tenant {tenant!r}")
+
+
+class DatabaseUnavailableError(DBRouterError, ConnectionError):
+    """A database could not be reached in time: down, refusing, or its pool is exhausted."""
+
+    def __init__(self, name: str, reason: str, *, retry_after: int = 5) -> None:
+        self.name = name
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(f"database {name!r} is unavailable: {reason}")
+
+
+class RouterClosedError(DBRouterError, RuntimeError):
+    """The router was disposed; it opens no connection any more."""
+
+    def __init__(self) -> None:
+        super().__init__("the DatabaseRouter has been disposed and cannot be used any more")

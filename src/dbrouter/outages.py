@@ -1,0 +1,65 @@
+"""Telling "the database cannot be reached now" apart from every other database error.
+
+The first kind is worth a retry (HTTP 503 with ``Retry-After``); the second is a bug or a
+conflict the application has to handle itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+from sqlalchemy import exc as sa_exc
+
+from .errors import DatabaseUnavailableError
+
+# SQLSTATE classes and codes that mean the server went away or will not take connections:
+# 08 connection exception, 57P01-57P03 admin/crash shutdown and "cannot connect now",
+# 53300 too many connections.
+_OUTAGE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+def outage_reason(exc: BaseException) -> str | None:
+    """Why *exc* means the database is unavailable, or None when it means something else."""
+    if isinstance(exc, DatabaseUnavailableError):
+        return exc.reason
+    if isinstance(exc, sa_exc.TimeoutError):
+        return "no pooled connection became free within pool_timeout"
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return "the connection to the server was lost"
+    for cause in _chain(exc):
+        if isinstance(cause, (TimeoutError, asyncio.TimeoutError)):
+            return "connecting timed out"
+        if isinstance(cause, ConnectionError):
+            return "the server refused or dropped the connection"
+        if isinstance(cause, OSError):
+            return "the server could not be reached"
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_OUTAGE_SQLSTATES):
+            return f"the server is not accepting connections (SQLSTATE {sqlstate})"
+        if type(cause).__name__ in ("ConnectionDoesNotExistError", "InterfaceError") and (
+            "connection" in str(cause) and "closed" in str(cause)
+        ):
+            return "the connection to the server was lost"
+    return None
+
+
+def as_unavailable(exc: BaseException, name: str) -> DatabaseUnavailableError | None:
+    """*exc* as a `DatabaseUnavailableError` for database *name*, if it is an outage."""
+    if isinstance(exc, DatabaseUnavailableError):
+        return exc
+    reason = outage_reason(exc)
+    if reason is None:
+        return None
+    error = DatabaseUnavailableError(name, reason)
+    error.__cause__ = exc
+    return error
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__

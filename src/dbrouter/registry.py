@@ -1,0 +1,71 @@
+"""The registry of named databases: one engine and one sessionmaker per configured name."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .engines import SessionFactory, build_engine, build_sessionmaker
+from .errors import RouterClosedError, UnknownDatabaseError
+from .settings import DatabaseSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """A configured database with its engine and sessionmaker."""
+
+    name: str
+    settings: DatabaseSettings
+    engine: AsyncEngine
+    sessionmaker: SessionFactory
+
+    @property
+    def is_replica(self) -> bool:
+        """Whether this database replicates another one (and so only serves reads)."""
+        return self.settings.replica_of is not None
+
+
+class DatabaseRegistry(Mapping[str, Database]):
+    """Named databases, built once; closed for good by `dispose`.
+
+    Engines connect lazily, so building the registry does no I/O.
+    """
+
+    def __init__(self, databases: Mapping[str, DatabaseSettings]) -> None:
+        self._databases: dict[str, Database] = {}
+        for name, settings in databases.items():
+            engine = build_engine(settings, name=name)
+            self._databases[name] = Database(name, settings, engine, build_sessionmaker(engine))
+        self._closed = False
+
+    def __getitem__(self, name: str) -> Database:
+        if self._closed:
+            raise RouterClosedError()
+        try:
+            return self._databases[name]
+        except KeyError:
+            raise UnknownDatabaseError(name, self._databases) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._databases)
+
+    def __len__(self) -> int:
+        return len(self._databases)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._databases
+
+    @property
+    def closed(self) -> bool:
+        """Whether `dispose` was called."""
+        return self._closed
+
+    async def dispose(self) -> None:
+        """Close every pooled connection of every engine. Calling it again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.gather(*(db.engine.dispose() for db in self._databases.values()))

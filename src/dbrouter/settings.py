@@ -1,0 +1,325 @@
+"""Configuration: which databases exist, how their pools behave, how tenants are found.
+
+Settings are data. They are validated when built and have no side effects; the registry
+builds engines from them. Every invalid value is a `ConfigurationError` that names the key
+and, where there is a fixed set, the valid choices. No message contains a password.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL
+
+from .errors import ConfigurationError
+from .urls import parse_url, render
+
+__all__ = [
+    "DEFAULT_TENANT_ID_PATTERN",
+    "DatabaseSettings",
+    "RouterSettings",
+    "TenancySettings",
+    "TenantSettings",
+]
+
+DatabaseURL = Annotated[
+    URL,
+    BeforeValidator(parse_url),
+    PlainSerializer(render, return_type=str),
+]
+"""A database URL with an async driver; its repr and serialized form hide the password."""
+
+DEFAULT_TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$")
+_TEMPLATE_PROBE = "dbroutertenantprobe"
+
+
+class _Model(BaseModel):
+    """Base of the nested settings models: unknown keys are errors, the URL type is allowed."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _configuration_error(exc, type(self)) from None
+
+
+class DatabaseSettings(_Model):
+    """One database: where it is and how its connection pool behaves."""
+
+    url: DatabaseURL
+    """Where the database is. A secret: rendered with the password hidden everywhere."""
+    echo: bool = False
+    """Log every SQL statement (SQLAlchemy's ``echo``)."""
+    pool_size: int = Field(default=20, ge=1)
+    """Connections kept open in the pool."""
+    max_overflow: int = Field(default=10, ge=0)
+    """Connections opened beyond ``pool_size`` under load, closed when returned."""
+    pool_recycle: int = Field(default=3600, ge=-1)
+    """Seconds after which a pooled connection is replaced (-1: never)."""
+    pool_pre_ping: bool = True
+    """Test a pooled connection before handing it out; replaces connections a restart broke."""
+    pool_use_lifo: bool = True
+    """Reuse the most recently returned connection first, so idle extras can time out."""
+    pool_timeout: float = Field(default=30.0, gt=0)
+    """Seconds to wait for a pooled connection before the request fails with 503."""
+    connect_timeout: float = Field(default=10.0, gt=0)
+    """Seconds to wait for a new server connection (asyncpg's own default is 60)."""
+    replica_of: str | None = None
+    """Name of the database this one replicates; makes this one read-only."""
+    health_check_interval: float = Field(default=5.0, gt=0)
+    """Replicas: seconds between background probes of reachability and lag."""
+    max_lag: float = Field(default=30.0, gt=0)
+    """Replicas: seconds of replay lag past which the replica leaves rotation."""
+    fallback: Literal["primary", "error"] = "primary"
+    """Replicas: where reads go when no replica is usable: the primary, or an error (503)."""
+    pgbouncer: bool = False
+    """The database is reached through PgBouncer in transaction mode (no prepared-statement
+    cache, unique statement names)."""
+
+
+class TenantSettings(_Model):
+    """A tenant declared in configuration, with optional pool overrides."""
+
+    url: DatabaseURL | None = None
+    """The tenant's own database (``database`` strategy); default: the URL template."""
+    pool_size: int | None = Field(default=None, ge=1)
+    """Overrides ``tenancy.pool_size`` for this tenant."""
+    max_overflow: int | None = Field(default=None, ge=0)
+    """Overrides ``tenancy.max_overflow`` for this tenant."""
+
+
+class TenancySettings(_Model):
+    """How requests are mapped to tenants and tenants to databases or schemas."""
+
+    strategy: Literal["database", "schema"] = "database"
+    """``database``: one database (and engine) per tenant; ``schema``: one schema per tenant
+    in a shared database."""
+    header: str = "X-Tenant-ID"
+    """The request header that carries the tenant id."""
+    id_pattern: str = DEFAULT_TENANT_ID_PATTERN
+    """A tenant id must match this regular expression; checked before anything else."""
+    url_template: str | None = None
+    """``database`` strategy: URL of a tenant's database, with ``{tenant}`` in the database
+    name, for tenants not listed under ``tenants``."""
+    tenants: dict[str, TenantSettings] = Field(default_factory=dict)
+    """Tenants declared up front, by id."""
+    schema_database: str | None = None
+    """``schema`` strategy: the database that holds the schemas (default: the default
+    database)."""
+    schema_template: str = "tenant_{tenant}"
+    """``schema`` strategy: the schema name of a tenant."""
+    max_engines: int = Field(default=100, ge=1)
+    """``database`` strategy: at most this many tenant engines stay cached."""
+    engine_idle_ttl: float = Field(default=600.0, gt=0)
+    """``database`` strategy: seconds an unused tenant engine stays cached."""
+    pool_size: int = Field(default=2, ge=1)
+    """Pool size of a tenant engine (small: a process may serve many tenants)."""
+    max_overflow: int = Field(default=3, ge=0)
+    """Overflow of a tenant engine's pool."""
+
+    @field_validator("id_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ConfigurationError(f"not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("url_template")
+    @classmethod
+    def _template_names_database_only(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.count("{tenant}") != 1:
+            raise ConfigurationError("must contain {tenant} exactly once, in the database name")
+        url = parse_url(value.replace("{tenant}", _TEMPLATE_PROBE))
+        outside = render(url.set(database="")).replace("***", "")
+        if _TEMPLATE_PROBE not in (url.database or "") or _TEMPLATE_PROBE in outside:
+            raise ConfigurationError(
+                "{tenant} may only appear in the database name, "
+                "not in the host, user, port or query"
+            )
+        return value
+
+    @field_validator("schema_template")
+    @classmethod
+    def _schema_template_has_tenant(cls, value: str) -> str:
+        if value.count("{tenant}") != 1:
+            raise ConfigurationError("must contain {tenant} exactly once")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", value.replace("{tenant}", "x")):
+            raise ConfigurationError(
+                "may contain only lowercase letters, digits, underscores and {tenant}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _tenant_ids_are_valid(self) -> TenancySettings:
+        pattern = re.compile(self.id_pattern)
+        for tenant in self.tenants:
+            if not pattern.fullmatch(tenant):
+                raise _problem(
+                    "tenants",
+                    f"{tenant!r} is not a valid tenant id (must match {self.id_pattern})",
+                )
+        return self
+
+
+class RouterSettings(BaseSettings):
+    """Every database of the process, read from ``DBROUTER_*`` variables, a ``.env`` file,
+    or built in Python.
+
+    ``DBROUTER_DATABASES__PRIMARY__URL=postgresql://app:secret@db:5432/app`` declares the
+    database ``primary``; nested keys are joined with ``__``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="DBROUTER_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        arbitrary_types_allowed=True,
+        frozen=True,
+    )
+
+    databases: dict[str, DatabaseSettings] = Field(default_factory=dict)
+    """The named databases."""
+    default_database: str = "primary"
+    """The database of ``get_db()`` and ``router.session()`` when no name is given."""
+    max_connections: int | None = Field(default=None, ge=1)
+    """A cap on the server connections the process opens, across every database and tenant."""
+    tenancy: TenancySettings | None = None
+    """Tenant routing; ``None`` when the application has no tenants."""
+
+    def __init__(self, /, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _configuration_error(exc, type(self)) from None
+
+    @field_validator("databases")
+    @classmethod
+    def _names_are_plain(cls, value: dict[str, DatabaseSettings]) -> dict[str, DatabaseSettings]:
+        for name in value:
+            if not _NAME_PATTERN.fullmatch(name):
+                raise ConfigurationError(
+                    f"{name!r} is not a valid database name "
+                    "(letters, digits, '_' and '-', at most 63 characters)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> RouterSettings:
+        names = set(self.databases)
+        if not names and self.tenancy is None:
+            raise _problem(
+                "databases",
+                "no database is configured; set for example "
+                "DBROUTER_DATABASES__PRIMARY__URL=postgresql://user:password@host/dbname",
+            )
+        if names and self.default_database not in names:
+            raise _problem(
+                "default_database",
+                f"{self.default_database!r} is not a configured database; "
+                f"choose one of {_listing(names)}",
+            )
+        for name, database in self.databases.items():
+            target = database.replica_of
+            if target is None:
+                continue
+            if target not in names or target == name:
+                choices = _listing(names - {name})
+                raise _problem(
+                    f"databases.{name}.replica_of",
+                    f"{target!r} is not a configured database; choose one of {choices}",
+                )
+            if self.databases[target].replica_of is not None:
+                raise _problem(
+                    f"databases.{name}.replica_of",
+                    f"{target!r} is itself a replica; name the primary it replicates",
+                )
+        tenancy = self.tenancy
+        if tenancy is not None and tenancy.strategy == "schema":
+            holder = tenancy.schema_database or self.default_database
+            if holder not in names:
+                raise _problem(
+                    "tenancy.schema_database",
+                    f"{holder!r} is not a configured database; choose one of {_listing(names)}",
+                )
+        return self
+
+
+def _problem(key: str, message: str) -> ConfigurationError:
+    return ConfigurationError(f"{key}: {message}", problems=[(key, message)])
+
+
+def _listing(names: set[str] | frozenset[str]) -> str:
+    return ", ".join(repr(name) for name in sorted(names)) or "(none)"
+
+
+def _configuration_error(exc: ValidationError, model: type[BaseModel]) -> ConfigurationError:
+    """A `ConfigurationError` listing every problem, without echoing any input value."""
+    problems: list[tuple[str, str]] = []
+    for error in exc.errors(include_input=False, include_url=False):
+        location = ".".join(str(part) for part in error["loc"])
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, ConfigurationError):
+            for key, message in cause.problems:
+                problems.append((".".join(part for part in (location, key) if part), message))
+        elif error["type"] == "extra_forbidden":
+            owner = _model_at(model, error["loc"][:-1])
+            valid = ", ".join(sorted(owner.model_fields)) if owner else "see the documentation"
+            problems.append((location, f"unknown key; valid keys: {valid}"))
+        else:
+            problems.append((location, error["msg"]))
+    summary = "; ".join(f"{key}: {message}" if key else message for key, message in problems)
+    return ConfigurationError(f"invalid dbrouter configuration: {summary}", problems=problems)
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The settings model that owns the key at *loc*, following nested models and dicts."""
+    current: Any = model
+    expect_key = False
+    for part in loc:
+        if expect_key:
+            expect_key = False
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current, expect_key = _unwrap(field.annotation)
+    if expect_key:
+        return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """The model inside ``Model | None`` or ``dict[str, Model]``; True when a key follows."""
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        return typing.get_args(annotation)[1], True
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if arg is not type(None):
+                return _unwrap(arg)
+    return annotation, False
