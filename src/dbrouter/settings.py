@@ -22,7 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL
 
 from .errors import ConfigurationError
@@ -38,6 +38,7 @@ __all__ = [
 
 DatabaseURL = Annotated[
     URL,
+    NoDecode,
     BeforeValidator(parse_url),
     PlainSerializer(render, return_type=str),
 ]

@@ -1,0 +1,19 @@
+# Sourced by the scripts: a virtualenv in .venv with the project installed in it.
+# Usage: ensure_venv EXTRAS   (EXTRAS like "test" or "demo")
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${DBROUTER_VENV:-$ROOT/.venv}"
+PYTHON_BIN="${PYTHON:-python3}"
+
+ensure_venv() {
+    local extras="$1"
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PYTHON_BIN" -m venv "$VENV"
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    fi
+    local stamp="$VENV/.dbrouter-$extras"
+    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+        "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$extras]"
+        touch "$stamp"
+    fi
+}
