@@ -102,7 +102,9 @@ def copy_state_per_request(app: ASGIApp) -> ASGIApp:
 
 
 @asynccontextmanager
-async def serve(app: Any, *, raise_app_exceptions: bool = False) -> AsyncIterator[httpx.AsyncClient]:
+async def serve(
+    app: Any, *, raise_app_exceptions: bool = False
+) -> AsyncIterator[httpx.AsyncClient]:
     """Run *app*'s lifespan and yield a client that sends requests to it in-process."""
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(

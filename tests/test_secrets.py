@@ -1,0 +1,139 @@
+"""A database password never shows: not in a repr, a log line, an exception, a response,
+or the health output."""
+
+import logging
+import traceback
+from urllib.parse import quote
+
+import pytest
+from fastapi import Depends, FastAPI
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbrouter import (
+    ConfigurationError,
+    DatabaseRouter,
+    DatabaseSettings,
+    DatabaseUnavailableError,
+    RouterSettings,
+    get_db,
+)
+from tests.conftest import serve
+
+PASSWORD = "s3cr@t:/p%ss@w0rd:/"
+QUOTED = quote(PASSWORD, safe="")
+FORMS = (PASSWORD, QUOTED, "s3cr@t", "p%ss@w0rd")
+
+
+def assert_hidden(*texts: object) -> None:
+    for shown in texts:
+        for form in FORMS:
+            assert form not in str(shown), f"{form!r} leaked in {shown!r}"
+
+
+def with_password(url: str) -> str:
+    parsed = make_url(url)
+    return parsed.set(password=PASSWORD).render_as_string(hide_password=False)
+
+
+def test_the_password_survives_parsing_intact() -> None:
+    settings = DatabaseSettings(url=f"postgresql://app:{QUOTED}@db:5432/app")
+    assert settings.url.password == PASSWORD
+
+
+def test_settings_never_show_the_password() -> None:
+    settings = RouterSettings(
+        databases={"primary": {"url": f"postgresql://app:{QUOTED}@db:5432/app"}},
+        tenancy={"tenants": {"acme": {"url": f"postgresql://app:{QUOTED}@acme:5432/acme"}}},
+    )
+    assert_hidden(
+        repr(settings),
+        str(settings),
+        settings.model_dump(),
+        settings.model_dump_json(),
+        repr(settings.databases["primary"]),
+        settings.databases["primary"].url,
+    )
+    router = DatabaseRouter(settings)
+    assert_hidden(repr(router.engine()), str(router.engine().url), router.engine().url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg2://app:{QUOTED}@db/app",
+        f"postgresql://app:{QUOTED}@db:notaport/app",
+        f"nosuchdb://app:{QUOTED}@db/app",
+        f"postgresql:/app:{QUOTED}@db/app",
+        f"app:{QUOTED}@db/app",
+    ],
+)
+def test_configuration_errors_never_show_the_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        RouterSettings(databases={"primary": {"url": url}})
+    assert_hidden(
+        str(caught.value),
+        repr(caught.value),
+        caught.value.problems,
+        "".join(traceback.format_exception(caught.value)),
+    )
+
+
+async def test_outages_never_show_the_password(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = f"postgresql://app:{QUOTED}@127.0.0.1:1/app"
+    router = DatabaseRouter(
+        RouterSettings(databases={"primary": {"url": url, "connect_timeout": 1, "echo": True}})
+    )
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        async with router.session() as session:
+            await session.execute(text("SELECT 1"))
+    report = await router.check()
+    await router.dispose()
+    assert_hidden(
+        str(caught.value),
+        "".join(traceback.format_exception(caught.value)),
+        report,
+        report.as_dict(),
+        caplog.text,
+        capsys.readouterr(),
+    )
+
+
+async def test_requests_logs_and_health_never_show_the_password(
+    pg_url: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={
+                # The test server trusts local connections, so any password gets in.
+                "primary": {"url": with_password(pg_url), "echo": True},
+                "down": {"url": f"postgresql://app:{QUOTED}@127.0.0.1:1/x", "connect_timeout": 1},
+            }
+        )
+    )
+    app = FastAPI(lifespan=router.lifespan)
+    app.include_router(router.health_router())
+
+    @app.get("/ok")
+    async def ok(db: AsyncSession = Depends(get_db("primary"))) -> int:  # noqa: B008
+        return int(await db.scalar(text("SELECT 1")) or 0)
+
+    @app.get("/down")
+    async def down(db: AsyncSession = Depends(get_db("down"))) -> int:  # noqa: B008
+        return int(await db.scalar(text("SELECT 1")) or 0)
+
+    async with serve(app) as client:
+        responses = [await client.get(path) for path in ("/ok", "/down", "/health/databases")]
+    assert [response.status_code for response in responses] == [200, 503, 503]
+    assert "dbrouter" in caplog.text  # the startup lines were logged, and checked below
+    assert_hidden(
+        *(response.text for response in responses),
+        *(response.headers for response in responses),
+        caplog.text,
+        capsys.readouterr(),
+    )
