@@ -353,7 +353,7 @@ async def test_a_router_without_lifespan_is_explained(router: DatabaseRouter) ->
         return None
 
     async with serve(app, raise_app_exceptions=True) as client:
-        with pytest.raises(ConfigurationError, match="lifespan=router.lifespan"):
+        with pytest.raises(ConfigurationError, match=r"lifespan=router\.lifespan"):
             await client.get("/x")
 
 

@@ -16,9 +16,7 @@ def test_all_is_sorted_and_complete() -> None:
     for name in dbrouter.__all__:
         assert getattr(dbrouter, name) is not None
     public = {name for name in vars(dbrouter) if not name.startswith("_")}
-    modules = {
-        path.stem for path in SOURCE.glob("*.py") if not path.stem.startswith("_")
-    }
+    modules = {path.stem for path in SOURCE.glob("*.py") if not path.stem.startswith("_")}
     assert public - set(dbrouter.__all__) - modules == set()
 
 
@@ -32,7 +30,9 @@ def test_only_the_fastapi_module_imports_fastapi() -> None:
         path.name
         for path in SOURCE.glob("*.py")
         if any(
-            line.startswith(("import fastapi", "from fastapi", "import starlette", "from starlette"))
+            line.startswith(
+                ("import fastapi", "from fastapi", "import starlette", "from starlette")
+            )
             for line in path.read_text().splitlines()
         )
     )
