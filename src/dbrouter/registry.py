@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .engines import SessionFactory, build_engine, build_sessionmaker
 from .errors import RouterClosedError, UnknownDatabaseError
+from .leases import Leases
 from .settings import DatabaseSettings
 
 
@@ -21,11 +23,16 @@ class Database:
     settings: DatabaseSettings
     engine: AsyncEngine
     sessionmaker: SessionFactory
+    leases: Leases = field(default_factory=Leases, compare=False)
+    """The sessions open on this database right now."""
 
     @property
     def is_replica(self) -> bool:
         """Whether this database replicates another one (and so only serves reads)."""
         return self.settings.replica_of is not None
+
+
+logger = logging.getLogger("dbrouter")
 
 
 class DatabaseRegistry(Mapping[str, Database]):
@@ -63,9 +70,20 @@ class DatabaseRegistry(Mapping[str, Database]):
         """Whether `dispose` was called."""
         return self._closed
 
-    async def dispose(self) -> None:
-        """Close every pooled connection of every engine. Calling it again does nothing."""
+    async def dispose(self, *, timeout: float = 10.0) -> None:
+        """Refuse new sessions, let open ones finish (up to *timeout* seconds), then close
+        every connection of every engine. Calling it again does nothing."""
         if self._closed:
             return
         self._closed = True
-        await asyncio.gather(*(db.engine.dispose() for db in self._databases.values()))
+        await asyncio.gather(*(_drain_and_dispose(db, timeout) for db in self._databases.values()))
+
+
+async def _drain_and_dispose(database: Database, timeout: float) -> None:
+    if not await database.leases.drained(timeout):
+        logger.warning(
+            "dbrouter: disposing database %r while %d session(s) still use it",
+            database.name,
+            database.leases.count,
+        )
+    await database.engine.dispose()

@@ -76,25 +76,32 @@ class DatabaseRouter:
         raises `DatabaseUnavailableError`.
         """
         database = self.database(name)
-        async with database.sessionmaker() as session:
-            try:
-                yield session
-                if commit:
-                    await session.commit()
-            except BaseException as exc:
-                await _rollback_quietly(session)
-                unavailable = as_unavailable(exc, database.name)
-                if unavailable is not None and unavailable is not exc:
-                    raise unavailable from exc
-                raise
+        database.leases.acquire()
+        try:
+            async with database.sessionmaker() as session:
+                try:
+                    yield session
+                    if commit:
+                        await session.commit()
+                except BaseException as exc:
+                    await _rollback_quietly(session)
+                    unavailable = as_unavailable(exc, database.name)
+                    if unavailable is not None and unavailable is not exc:
+                        raise unavailable from exc
+                    raise
+        finally:
+            database.leases.release()
 
     async def check(self) -> HealthReport:
         """Ping every database and report status, latency and pool figures."""
         return await check_databases(self._registry[name] for name in self._registry)
 
-    async def dispose(self) -> None:
-        """Close every connection of every engine; the router cannot be used afterwards."""
-        await self._registry.dispose()
+    async def dispose(self, *, timeout: float = 10.0) -> None:
+        """Close every connection of every engine; the router cannot be used afterwards.
+
+        Sessions already open may finish first, for up to *timeout* seconds.
+        """
+        await self._registry.dispose(timeout=timeout)
 
     @asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[dict[str, Any]]:

@@ -1,0 +1,204 @@
+"""Faults the core survives, each against a throwaway server the test controls: a server
+restart under load, clients that go away mid-query, and shutdown under load."""
+
+# No ``from __future__ import annotations``: FastAPI resolves the endpoint annotations.
+
+import asyncio
+import gc
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import Depends, FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbrouter import DatabaseRouter, RouterSettings, get_db
+from tests.conftest import serve, server_connections
+from tests.support.postgres import PostgresServer
+
+pytestmark = pytest.mark.faults
+
+Session = Annotated[AsyncSession, Depends(get_db("primary"))]
+Committed = Annotated[AsyncSession, Depends(get_db("primary", commit=True))]
+
+
+def build(url: str, **pool: object) -> tuple[DatabaseRouter, FastAPI]:
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={"primary": {"url": url, "connect_timeout": 2, "pool_timeout": 2, **pool}}
+        )
+    )
+    app = FastAPI(lifespan=router.lifespan)
+
+    @app.get("/read")
+    async def read(db: Session) -> int:
+        await db.execute(text("SELECT pg_sleep(0.02)"))
+        return int(await db.scalar(text("SELECT count(*) FROM events")) or 0)
+
+    @app.post("/write")
+    async def write(db: Committed) -> str:
+        await db.execute(text("INSERT INTO events DEFAULT VALUES"))
+        await db.execute(text("SELECT pg_sleep(0.02)"))
+        return "ok"
+
+    @app.get("/slow")
+    async def slow(db: Session, seconds: float) -> str:
+        await db.execute(text("INSERT INTO events DEFAULT VALUES"))
+        await db.execute(text("SELECT pg_sleep(:s)"), {"s": seconds})
+        return "done"
+
+    return router, app
+
+
+def prepare(server: PostgresServer) -> str:
+    url = server.create_database("app")
+    server.execute("CREATE TABLE events (id serial PRIMARY KEY)", database="app")
+    return url
+
+
+async def lingering(server: PostgresServer) -> list[tuple[str, ...]]:
+    """Sessions of the app's database that are busy or stuck in a transaction."""
+    rows = await asyncio.to_thread(
+        server.query,
+        "SELECT state, query FROM pg_stat_activity WHERE datname = 'app' "
+        "AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)') "
+        "AND pid <> pg_backend_pid()",
+    )
+    return rows
+
+
+async def load(client: httpx.AsyncClient, stop: asyncio.Event, statuses: Counter[int]) -> None:
+    while not stop.is_set():
+        response = (
+            await client.post("/write") if statuses.total() % 3 else await client.get("/read")
+        )
+        statuses[response.status_code] += 1
+        if response.status_code != 200:
+            await asyncio.sleep(0.05)
+
+
+async def test_a_server_restart_costs_503s_and_nothing_after(own_server: PostgresServer) -> None:
+    router, app = build(prepare(own_server), pool_size=4, max_overflow=0)
+    async with serve(app) as client:
+        stop = asyncio.Event()
+        during: Counter[int] = Counter()
+        workers = [asyncio.create_task(load(client, stop, during)) for _ in range(8)]
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(own_server.restart, "fast")
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*workers)
+        assert set(during) <= {200, 503}, during
+        assert during[200] > 0
+
+        # Every pooled connection predates the restart: each must be detected, not served.
+        after: Counter[int] = Counter()
+        for _ in range(5):
+            responses = await asyncio.gather(*(client.get("/read") for _ in range(8)))
+            after.update(response.status_code for response in responses)
+        assert after == Counter({200: 40})
+    assert await lingering(own_server) == []
+
+
+async def test_a_crash_under_load_recovers(own_server: PostgresServer) -> None:
+    router, app = build(prepare(own_server), pool_size=4, max_overflow=0)
+    async with serve(app) as client:
+        stop = asyncio.Event()
+        during: Counter[int] = Counter()
+        workers = [asyncio.create_task(load(client, stop, during)) for _ in range(8)]
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(own_server.stop, "immediate")
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(own_server.start)
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*workers)
+        assert set(during) <= {200, 503}, during
+        responses = await asyncio.gather(*(client.get("/read") for _ in range(20)))
+        assert [response.status_code for response in responses] == [200] * 20
+
+
+async def test_cancelled_requests_leave_nothing_checked_out(own_server: PostgresServer) -> None:
+    # In-process, a client that gives up cancels the request task mid-query.
+    router, app = build(prepare(own_server), pool_size=3, max_overflow=0)
+    async with serve(app) as client:
+        for _ in range(3):
+            tasks = [
+                asyncio.create_task(client.get("/slow", params={"seconds": 5})) for _ in range(3)
+            ]
+            await asyncio.sleep(0.3)
+            for task in tasks:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert all(isinstance(result, asyncio.CancelledError) for result in results)
+        gc.collect()
+        assert router.engine().pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert await lingering(own_server) == []
+        # The pool is whole again: three concurrent requests get three connections.
+        responses = await asyncio.gather(*(client.get("/read") for _ in range(3)))
+        assert [response.status_code for response in responses] == [200] * 3
+    gc.collect()
+    assert await server_connections(own_server.url("app")) == 0
+
+
+@asynccontextmanager
+async def uvicorn_server(app: FastAPI) -> AsyncIterator[tuple[uvicorn.Server, str]]:
+    """*app* served by a real uvicorn on a loopback port, in this event loop."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        assert not task.done(), "uvicorn did not start"
+        await asyncio.sleep(0.02)
+    try:
+        yield server, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def test_clients_that_disconnect_mid_query(own_server: PostgresServer) -> None:
+    url = prepare(own_server)
+    router, app = build(url, pool_size=3, max_overflow=0)
+    async with uvicorn_server(app) as (_, base), httpx.AsyncClient(base_url=base) as client:
+        for _ in range(3):
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get("/slow", params={"seconds": 0.8}, timeout=0.2)
+        await asyncio.sleep(1.2)
+        assert router.engine().pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert await lingering(own_server) == []
+        # /slow never commits: its rows are gone with its transaction.
+        assert (await client.get("/read")).json() == 0
+    gc.collect()
+    assert await server_connections(url) == 0
+
+
+async def test_shutdown_under_load_leaves_no_connection(own_server: PostgresServer) -> None:
+    url = prepare(own_server)
+    router, app = build(url, pool_size=5, max_overflow=5)
+    statuses: Counter[int] = Counter()
+    async with uvicorn_server(app) as (server, base), httpx.AsyncClient(base_url=base) as client:
+        stop = asyncio.Event()
+        workers = [asyncio.create_task(load(client, stop, statuses)) for _ in range(10)]
+        await asyncio.sleep(0.7)
+        assert await server_connections(url) >= 1
+        server.should_exit = True
+        stop.set()
+        # Requests refused once uvicorn stops listening end their worker; that is expected.
+        results = await asyncio.gather(*workers, return_exceptions=True)
+    assert all(result is None or isinstance(result, httpx.TransportError) for result in results)
+    assert statuses[200] > 0
+    assert set(statuses) == {200}, statuses
+    assert router.closed
+    gc.collect()
+    assert await server_connections(url) == 0
