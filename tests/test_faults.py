@@ -104,6 +104,8 @@ async def test_a_server_restart_costs_503s_and_nothing_after(own_server: Postgre
             after.update(response.status_code for response in responses)
         assert after == Counter({200: 40})
     assert await lingering(own_server) == []
+    assert router.closed
+    assert await server_connections(own_server.url("app")) == 0
 
 
 async def test_a_crash_under_load_recovers(own_server: PostgresServer) -> None:
@@ -122,6 +124,8 @@ async def test_a_crash_under_load_recovers(own_server: PostgresServer) -> None:
         assert set(during) <= {200, 503}, during
         responses = await asyncio.gather(*(client.get("/read") for _ in range(20)))
         assert [response.status_code for response in responses] == [200] * 20
+    assert router.closed
+    assert await server_connections(own_server.url("app")) == 0
 
 
 async def test_cancelled_requests_leave_nothing_checked_out(own_server: PostgresServer) -> None:
