@@ -1,0 +1,43 @@
+"""The ``dbrouter`` command: operations on the databases configured by ``DBROUTER_*``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+from .errors import DBRouterError
+from .router import DatabaseRouter
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line *argv*; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="dbrouter", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="ping every configured database")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    arguments = parser.parse_args(argv)
+    try:
+        return asyncio.run(_check(as_json=arguments.json))
+    except DBRouterError as exc:
+        print(f"dbrouter: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _check(*, as_json: bool) -> int:
+    router = DatabaseRouter.from_env()
+    try:
+        report = await router.check()
+    finally:
+        await router.dispose()
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        for name, health in report.databases.items():
+            detail = (
+                f"{health.latency_ms:.1f} ms" if health.latency_ms is not None else health.error
+            )
+            print(f"{name:<20} {health.status:<5} {detail}")
+    return 0 if report.ok else 1

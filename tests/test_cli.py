@@ -1,0 +1,44 @@
+"""The ``dbrouter`` command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dbrouter.cli import main
+
+
+def test_check_reports_and_sets_the_exit_status(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DBROUTER_DATABASES__PRIMARY__URL", pg_url)
+    assert main(["check"]) == 0
+    assert capsys.readouterr().out.startswith("primary")
+    monkeypatch.setenv("DBROUTER_DATABASES__DOWN__URL", "postgresql://a:secret@127.0.0.1:1/x")
+    monkeypatch.setenv("DBROUTER_DATABASES__DOWN__CONNECT_TIMEOUT", "1")
+    assert main(["check", "--json"]) == 1
+    output = capsys.readouterr().out
+    report = json.loads(output)
+    assert report["databases"]["down"]["status"] == "down"
+    assert "secret" not in output
+
+
+def test_bad_configuration_is_reported_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DBROUTER_DATABASES__PRIMARY__URL", "postgresql+psycopg2://a:secret@h/d")
+    assert main(["check"]) == 2
+    error = capsys.readouterr().err
+    assert "postgresql+asyncpg://" in error
+    assert "secret" not in error
+
+
+def test_the_console_script_is_installed() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dbrouter", "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0
+    assert "check" in result.stdout
