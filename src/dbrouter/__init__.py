@@ -4,6 +4,7 @@ import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
+from .context import current_tenant
 from .errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -15,35 +16,56 @@ from .errors import (
     UnknownTenantError,
 )
 from .health import DatabaseHealth, HealthReport, PoolStats
+from .resolvers import (
+    CallableTenantResolver,
+    ChainTenantResolver,
+    HeaderTenantResolver,
+    PathTenantResolver,
+    SubdomainTenantResolver,
+    TenantRequest,
+    TenantResolver,
+)
 from .router import DatabaseRouter
 from .settings import DatabaseSettings, RouterSettings, TenancySettings, TenantSettings
+from .tenants import TenantCatalog
 
 __all__ = [
+    "CallableTenantResolver",
+    "ChainTenantResolver",
     "ConfigurationError",
     "DBRouterError",
     "DatabaseHealth",
     "DatabaseRouter",
     "DatabaseSettings",
     "DatabaseUnavailableError",
+    "HeaderTenantResolver",
     "HealthReport",
+    "PathTenantResolver",
     "PoolStats",
     "RouterClosedError",
     "RouterSettings",
+    "SubdomainTenantResolver",
     "TenancySettings",
+    "TenantCatalog",
     "TenantError",
+    "TenantRequest",
     "TenantResolutionError",
+    "TenantResolver",
     "TenantSettings",
     "UnknownDatabaseError",
     "UnknownTenantError",
+    "current_tenant",
     "get_db",
+    "get_tenant",
+    "get_tenant_db",
 ]
 __version__ = "0.1.0"
 
 # The FastAPI edge loads on first use, so the core works where FastAPI is not installed.
-_FASTAPI_NAMES = frozenset({"get_db"})
+_FASTAPI_NAMES = frozenset({"get_db", "get_tenant", "get_tenant_db"})
 
 if _TYPE_CHECKING:
-    from .fastapi import get_db
+    from .fastapi import get_db, get_tenant, get_tenant_db
 
 
 def __getattr__(name: str) -> _Any:

@@ -16,13 +16,22 @@ from fastapi.routing import APIRoute, APIWebSocketRoute
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.routing import Mount
 
-from .errors import ConfigurationError, DatabaseUnavailableError, RouterClosedError
+from .context import tenant_context
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    RouterClosedError,
+    TenantResolutionError,
+    UnknownTenantError,
+)
+from .resolvers import TenantRequest
 from .router import DatabaseRouter
 
 STATE_KEY = "dbrouter"
 """The key of the router in the lifespan state (``request.state.dbrouter``)."""
 
 _DATABASE_ATTRIBUTE = "__dbrouter_database__"
+_TENANT = "<tenant>"  # stands for "the request's tenant" among the database names used
 
 SessionDependency = Callable[..., Any]
 """What `get_db` returns: a callable for ``Depends``."""
@@ -40,6 +49,53 @@ def get_db(name: str | None = None, *, commit: bool = False) -> SessionDependenc
     ``app.dependency_overrides[get_db("replica")] = ...`` works.
     """
     return _session_dependency(name, commit)
+
+
+def get_tenant() -> Callable[..., Any]:
+    """A dependency returning the tenant id of the request, validated and known.
+
+    A request without a tenant id, or with a malformed one, is answered 400 before any
+    database is touched; an id that names no tenant is answered 404. The answers never
+    list tenants or show a URL. While the request runs (its background tasks included),
+    `dbrouter.current_tenant()` returns the id.
+    """
+    return provide_tenant
+
+
+def get_tenant_db(*, commit: bool = False) -> SessionDependency:
+    """A dependency yielding an `AsyncSession` on the data of the request's tenant.
+
+    The same as `get_db` otherwise: rollback when the endpoint raises, commit before the
+    response with ``commit=True``, 503 when the tenant's database is unavailable.
+    """
+    return _tenant_session_dependency(commit)
+
+
+async def provide_tenant(request: Request) -> AsyncIterator[str]:
+    """Resolve, validate and look up the tenant of *request*; it is current meanwhile."""
+    router = router_of(request)
+    tenancy = router.tenancy
+    headers = request.headers
+    host = headers.get("host")
+    raw = await tenancy.resolver.resolve(
+        TenantRequest(
+            headers=headers,
+            host=host.rsplit(":", 1)[0] if host else None,
+            path_params=request.path_params,
+            state=request.scope.get("state") or {},
+        )
+    )
+    try:
+        tenant, _ = await tenancy.identify(raw)
+    except TenantResolutionError as exc:
+        detail = "missing tenant id" if raw is None else "invalid tenant id"
+        raise HTTPException(status_code=400, detail=detail) from exc
+    except UnknownTenantError as exc:
+        raise HTTPException(status_code=404, detail="unknown tenant") from exc
+    except DatabaseUnavailableError as exc:
+        raise service_unavailable(exc) from exc
+    with tenant_context(tenant):
+        yield tenant
 
 
 def router_of(request: Request) -> DatabaseRouter:
@@ -97,6 +153,31 @@ def _session_provider(
     return provide_session
 
 
+@functools.cache
+def _tenant_session_dependency(commit: bool) -> SessionDependency:
+    async def provide_tenant_session(
+        request: Request, tenant: Annotated[str, Depends(provide_tenant)]
+    ) -> AsyncIterator[AsyncSession]:
+        router = router_of(request)
+        try:
+            async with router.tenant_session(tenant, commit=commit) as session:
+                yield session
+        except UnknownTenantError as exc:
+            raise HTTPException(status_code=404, detail="unknown tenant") from exc
+        except DatabaseUnavailableError as exc:
+            raise service_unavailable(exc) from exc
+
+    if not commit:
+        return provide_tenant_session
+
+    async def provide_committed_tenant_session(
+        session: Annotated[AsyncSession, Depends(provide_tenant_session, scope="function")],
+    ) -> AsyncSession:
+        return session
+
+    return provide_committed_tenant_session
+
+
 def attach_router(router: DatabaseRouter, app: Any) -> dict[str, Any]:
     """Check *app*'s routes against *router* and make the router reachable from requests.
 
@@ -107,6 +188,12 @@ def attach_router(router: DatabaseRouter, app: Any) -> dict[str, Any]:
         raise RouterClosedError()
     overrides = getattr(app, "dependency_overrides", {})
     for name in set(_database_names(getattr(app, "routes", ()), overrides)):
+        if name is _TENANT:
+            try:
+                router.tenancy  # noqa: B018 - raises when tenancy is not configured
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"the app uses get_tenant_db(): {exc}") from None
+            continue
         try:
             router.database(name)
         except LookupError as exc:
@@ -129,6 +216,9 @@ def _names_in(dependant: Dependant, overrides: dict[Any, Any]) -> Iterator[str |
     for dependency in dependant.dependencies:
         call = dependency.call
         if call in overrides:
+            continue
+        if call is provide_tenant:
+            yield _TENANT
             continue
         if hasattr(call, _DATABASE_ATTRIBUTE):
             yield getattr(call, _DATABASE_ATTRIBUTE)

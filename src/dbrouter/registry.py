@@ -76,10 +76,13 @@ class DatabaseRegistry(Mapping[str, Database]):
         if self._closed:
             return
         self._closed = True
-        await asyncio.gather(*(_drain_and_dispose(db, timeout) for db in self._databases.values()))
+        await asyncio.gather(*(drain_and_dispose(db, timeout) for db in self._databases.values()))
 
 
-async def _drain_and_dispose(database: Database, timeout: float) -> None:
+async def drain_and_dispose(database: Database, timeout: float | None = None) -> None:
+    """Stop *database* taking sessions, wait for the open ones (at most *timeout* seconds;
+    None: as long as they take), then close every connection of its engine."""
+    database.leases.retire()
     if not await database.leases.drained(timeout):
         logger.warning(
             "dbrouter: disposing database %r while %d session(s) still use it",

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from .context import tenant_context
 from .engines import SessionFactory
+from .errors import ConfigurationError, RouterClosedError
 from .health import HealthReport, check_databases
 from .outages import as_unavailable
 from .registry import Database, DatabaseRegistry
-from .settings import RouterSettings
+from .resolvers import TenantResolver
+from .settings import RouterSettings, TenantSettings
+from .tenancy import Tenancy
+from .tenants import TenantCatalog
 from .urls import render
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
 logger = logging.getLogger("dbrouter")
+
+# Routing is retried when the engine found was evicted before a session could lease it.
+_ROUTE_ATTEMPTS = 3
 
 
 class DatabaseRouter:
@@ -29,14 +37,43 @@ class DatabaseRouter:
     connection, after which every method raises `RouterClosedError`.
     """
 
-    def __init__(self, settings: RouterSettings) -> None:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        *,
+        tenant_resolver: TenantResolver | None = None,
+        tenant_catalog: TenantCatalog | None = None,
+    ) -> None:
         self._settings = settings
         self._registry = DatabaseRegistry(settings.databases)
+        self._tenancy = (
+            None
+            if settings.tenancy is None
+            else Tenancy(
+                settings.tenancy,
+                self._registry,
+                settings.default_database,
+                resolver=tenant_resolver,
+                catalog=tenant_catalog,
+            )
+        )
 
     @classmethod
     def from_env(cls, **overrides: Any) -> DatabaseRouter:
         """A router configured from ``DBROUTER_*`` variables and ``.env``; *overrides* win."""
         return cls(RouterSettings(**overrides))
+
+    @property
+    def tenancy(self) -> Tenancy:
+        """Tenant routing; `ConfigurationError` when ``tenancy`` is not configured."""
+        if self._tenancy is None:
+            raise ConfigurationError(
+                "tenancy is not configured; set tenancy.strategy and where tenants come from "
+                "(DBROUTER_TENANCY__URL_TEMPLATE, DBROUTER_TENANCY__TENANTS__<ID>__URL, ...)"
+            )
+        if self._registry.closed:
+            raise RouterClosedError()
+        return self._tenancy
 
     @property
     def settings(self) -> RouterSettings:
@@ -76,21 +113,48 @@ class DatabaseRouter:
         raises `DatabaseUnavailableError`.
         """
         database = self.database(name)
-        database.leases.acquire()
-        try:
-            async with database.sessionmaker() as session:
-                try:
-                    yield session
-                    if commit:
-                        await session.commit()
-                except BaseException as exc:
-                    await _rollback_quietly(session)
-                    unavailable = as_unavailable(exc, database.name)
-                    if unavailable is not None and unavailable is not exc:
-                        raise unavailable from exc
-                    raise
-        finally:
-            database.leases.release()
+        if not database.leases.acquire():
+            raise RouterClosedError()
+        async with _lent(database, database.sessionmaker, commit=commit) as session:
+            yield session
+
+    @asynccontextmanager
+    async def tenant_session(
+        self, tenant: str, *, commit: bool = False
+    ) -> AsyncIterator[AsyncSession]:
+        """A session on *tenant*'s data, for code outside requests; `session` otherwise.
+
+        The id is validated before anything else (`TenantResolutionError`), an unknown
+        tenant raises `UnknownTenantError`, and `current_tenant()` is *tenant* inside.
+        """
+        tenancy = self.tenancy
+        for _ in range(_ROUTE_ATTEMPTS):
+            database, make_session = await tenancy.route(tenant)
+            # No await between routing and the lease: an eviction cannot slip in between.
+            if database.leases.acquire():
+                break
+        else:
+            raise RouterClosedError()
+        with tenant_context(tenant):
+            async with _lent(database, make_session, commit=commit) as session:
+                yield session
+
+    def add_tenant(
+        self,
+        tenant: str,
+        *,
+        url: str | None = None,
+        pool_size: int | None = None,
+        max_overflow: int | None = None,
+    ) -> None:
+        """Declare *tenant* at runtime, or re-point it: its old engine is drained, then
+        disposed."""
+        settings = TenantSettings(url=url, pool_size=pool_size, max_overflow=max_overflow)
+        self.tenancy.add(tenant, settings)
+
+    def remove_tenant(self, tenant: str) -> None:
+        """Forget a tenant declared in configuration or by `add_tenant`."""
+        self.tenancy.remove(tenant)
 
     async def check(self) -> HealthReport:
         """Ping every database and report status, latency and pool figures."""
@@ -101,6 +165,8 @@ class DatabaseRouter:
 
         Sessions already open may finish first, for up to *timeout* seconds.
         """
+        if self._tenancy is not None and not self._registry.closed:
+            await self._tenancy.close(timeout)
         await self._registry.dispose(timeout=timeout)
 
     @asynccontextmanager
@@ -128,6 +194,27 @@ class DatabaseRouter:
         from .fastapi import build_health_router
 
         return build_health_router(self, path=path)
+
+
+@asynccontextmanager
+async def _lent(
+    database: Database, make_session: Callable[[], AsyncSession], *, commit: bool
+) -> AsyncIterator[AsyncSession]:
+    """A session on *database*, whose lease the caller holds and this gives back."""
+    try:
+        async with make_session() as session:
+            try:
+                yield session
+                if commit:
+                    await session.commit()
+            except BaseException as exc:
+                await _rollback_quietly(session)
+                unavailable = as_unavailable(exc, database.name)
+                if unavailable is not None and unavailable is not exc:
+                    raise unavailable from exc
+                raise
+    finally:
+        database.leases.release()
 
 
 async def _rollback_quietly(session: AsyncSession) -> None:

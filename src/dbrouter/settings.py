@@ -134,6 +134,10 @@ class TenancySettings(_Model):
     """Pool size of a tenant engine (small: a process may serve many tenants)."""
     max_overflow: int = Field(default=3, ge=0)
     """Overflow of a tenant engine's pool."""
+    pool_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a request waits for a connection of its tenant's pool, then 503."""
+    connect_timeout: float = Field(default=10.0, gt=0)
+    """Seconds to wait for a new connection to a tenant's database."""
 
     @field_validator("id_pattern")
     @classmethod

@@ -1,0 +1,27 @@
+"""The tenant of the code running now, in a ContextVar that is always reset by token."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+_current_tenant: ContextVar[str | None] = ContextVar("dbrouter_tenant", default=None)
+
+
+def current_tenant() -> str | None:
+    """The tenant of the current request or `DatabaseRouter.tenant_session` block, if any.
+
+    Background tasks of a request see the request's tenant; the next request never does.
+    """
+    return _current_tenant.get()
+
+
+@contextmanager
+def tenant_context(tenant: str) -> Iterator[str]:
+    """Make *tenant* the current tenant for the duration of the block."""
+    token = _current_tenant.set(tenant)
+    try:
+        yield tenant
+    finally:
+        _current_tenant.reset(token)

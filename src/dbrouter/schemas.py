@@ -1,0 +1,69 @@
+"""The ``schema`` tenancy strategy: tenants share one engine, each session is pinned to
+its tenant's schema.
+
+The pin is ``set_config('search_path', ..., true)`` — the transaction-local form of
+``SET LOCAL`` — issued at the start of every transaction of the session. It ends with the
+transaction, so nothing is left on the pooled connection for the next borrower, and raw
+``text()`` SQL resolves in the tenant's schema just like ORM statements. The search path
+holds the tenant's schema alone: an unqualified name that is not there fails, it never
+falls through to ``public`` or another tenant. Statements are the same text for every
+tenant, so SQLAlchemy's compiled-statement cache does not grow per tenant (as it would
+with ``schema_translate_map``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction
+
+from .registry import Database
+from .settings import TenantSettings
+
+_SEARCH_PATH = "dbrouter_search_path"
+_PIN = text("SELECT set_config('search_path', :path, true)")
+_EXISTS = text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :name)")
+
+
+class TenantSchemaSession(Session):
+    """A session that pins every transaction to the schema in ``info``."""
+
+
+@event.listens_for(TenantSchemaSession, "after_begin")
+def _pin_schema(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    connection.execute(_PIN, {"path": session.info[_SEARCH_PATH]})
+
+
+class SchemaTenancy:
+    """Sessions of the shared *database*, each pinned to the schema named by *template*."""
+
+    def __init__(self, database: Database, template: str) -> None:
+        self.database = database
+        self._template = template
+        self._factory: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            database.engine,
+            class_=AsyncSession,
+            sync_session_class=TenantSchemaSession,
+            autoflush=False,
+            expire_on_commit=False,
+        )
+
+    def schema(self, tenant: str) -> str:
+        """The schema name of the (validated) *tenant*."""
+        return self._template.replace("{tenant}", tenant)
+
+    def session(self, tenant: str) -> AsyncSession:
+        """A new session whose every transaction runs in *tenant*'s schema."""
+        # Tenant ids and the template allow no double quote, so quoting is enough.
+        path = f'"{self.schema(tenant)}"'
+        info: dict[str, Any] = {_SEARCH_PATH: path}
+        return self._factory(info=info)
+
+    async def find(self, tenant: str) -> TenantSettings | None:
+        """Tenant settings when *tenant*'s schema exists, else None."""
+        async with self.database.engine.connect() as connection:
+            found = await connection.scalar(_EXISTS, {"name": self.schema(tenant)})
+        return TenantSettings() if found else None

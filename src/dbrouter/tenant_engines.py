@@ -1,0 +1,199 @@
+"""The ``database`` tenancy strategy: one engine per tenant, built on first use, kept in a
+bounded cache with idle expiry, and disposed only once its sessions are done."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from cachetools import TTLCache
+from sqlalchemy import exc as sa_exc
+
+from .engines import build_engine, build_sessionmaker
+from .errors import UnknownTenantError
+from .outages import as_unavailable
+from .registry import Database, drain_and_dispose
+from .settings import DatabaseSettings, TenancySettings, TenantSettings
+from .urls import parse_url
+
+logger = logging.getLogger("dbrouter")
+
+# PostgreSQL's "database does not exist": a tenant the URL template points nowhere.
+_NO_SUCH_DATABASE = "3D000"
+
+
+class TenantEngineCache(TTLCache[str, Database]):
+    """At most *maxsize* tenant databases, each dropped *ttl* seconds after its last use.
+
+    Eviction by size (`popitem`) and by age (`expire`) both hand the database to
+    *evicted*, the one path that drains and disposes it.
+    """
+
+    def __init__(self, maxsize: int, ttl: float, evicted: Callable[[Database], None]) -> None:
+        super().__init__(maxsize, ttl)
+        self._evicted = evicted
+
+    def popitem(self) -> tuple[str, Database]:
+        """Evict the least recently used tenant database."""
+        key, database = super().popitem()
+        self._evicted(database)
+        return key, database
+
+    def expire(self, time: float | None = None) -> list[tuple[str, Database]]:
+        """Evict every tenant database idle for longer than the ttl."""
+        expired: list[tuple[str, Database]] = list(super().expire(time))
+        for _, database in expired:
+            self._evicted(database)
+        return expired
+
+
+class TenantEngines:
+    """The engines of the ``database`` strategy."""
+
+    def __init__(self, tenancy: TenancySettings) -> None:
+        self._tenancy = tenancy
+        self._cache = TenantEngineCache(tenancy.max_engines, tenancy.engine_idle_ttl, self._retire)
+        self._building: dict[str, asyncio.Future[Database]] = {}
+        self._retiring: dict[asyncio.Task[None], Database] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    def cached(self) -> dict[str, Database]:
+        """The tenant databases cached now, by tenant id."""
+        return {tenant: self._cache[tenant] for tenant in list(self._cache)}
+
+    @property
+    def retiring(self) -> int:
+        """Evicted tenant databases still waiting for their sessions to finish."""
+        return len(self._retiring)
+
+    async def database(self, tenant: str, settings: TenantSettings) -> Database:
+        """The database of *tenant*, built (exactly once, however many ask) on first use."""
+        database = self._cache.get(tenant)
+        if database is not None and not database.leases.retired:
+            self._cache[tenant] = database  # idle time counts from the last use
+            return database
+        pending = self._building.get(tenant)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        return await self._build(tenant, settings)
+
+    def evict(self, tenant: str) -> None:
+        """Drop *tenant*'s engine now (its open sessions finish first)."""
+        database = self._cache.pop(tenant, None)
+        if database is not None:
+            self._retire(database)
+
+    async def close(self, timeout: float) -> None:
+        """Evict every engine and wait (up to *timeout* seconds) until all are disposed."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        self._cache.expire()
+        for tenant in list(self._cache):
+            self.evict(tenant)
+        if not self._retiring:
+            return
+        _, late = await asyncio.wait(set(self._retiring), timeout=timeout)
+        for task in late:
+            database = self._retiring[task]
+            logger.warning(
+                "dbrouter: disposing %s while %d session(s) still use it",
+                database.name,
+                database.leases.count,
+            )
+            task.cancel()
+            await database.engine.dispose()
+
+    async def _build(self, tenant: str, settings: TenantSettings) -> Database:
+        future: asyncio.Future[Database] = asyncio.get_running_loop().create_future()
+        self._building[tenant] = future
+        try:
+            database = self._new_database(tenant, settings)
+            if settings.url is None:
+                await self._verify(tenant, database)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # marks it retrieved when nobody else was waiting
+            raise
+        finally:
+            del self._building[tenant]
+        self._cache[tenant] = database
+        future.set_result(database)
+        self._start_reaper()
+        return database
+
+    def _new_database(self, tenant: str, settings: TenantSettings) -> Database:
+        tenancy = self._tenancy
+        url = settings.url
+        if url is None:
+            template = tenancy.url_template
+            if template is None:
+                raise UnknownTenantError(tenant)
+            # The id matched the tenant pattern, and the template was checked to place it
+            # in the database name only: it cannot reach the host, user or query.
+            url = parse_url(template.replace("{tenant}", tenant))
+        database_settings = DatabaseSettings(
+            url=url,
+            pool_size=settings.pool_size or tenancy.pool_size,
+            max_overflow=(
+                tenancy.max_overflow if settings.max_overflow is None else settings.max_overflow
+            ),
+            pool_timeout=tenancy.pool_timeout,
+            connect_timeout=tenancy.connect_timeout,
+        )
+        name = f"tenant:{tenant}"
+        engine = build_engine(database_settings, name=name)
+        return Database(name, database_settings, engine, build_sessionmaker(engine))
+
+    async def _verify(self, tenant: str, database: Database) -> None:
+        # A template tenant exists only if its database does; find out before a request
+        # is routed there, so that a missing one is a 404 and not a 503.
+        try:
+            async with database.engine.connect():
+                pass
+        except Exception as exc:
+            await database.engine.dispose()
+            if _sqlstate(exc) == _NO_SUCH_DATABASE:
+                raise UnknownTenantError(tenant) from None
+            unavailable = as_unavailable(exc, database.name)
+            if unavailable is not None:
+                raise unavailable from exc
+            raise
+
+    def _retire(self, database: Database) -> None:
+        database.leases.retire()
+        task = asyncio.get_running_loop().create_task(drain_and_dispose(database))
+        self._retiring[task] = database
+        task.add_done_callback(self._forget)
+        logger.debug("dbrouter: evicting %s", database.name)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._retiring.pop(task, None)
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        interval = min(1.0, self._tenancy.engine_idle_ttl / 4)
+        while True:
+            await asyncio.sleep(interval)
+            self._cache.expire()
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    current: BaseException | None = exc
+    while current is not None:
+        state = getattr(current, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+        current = current.__cause__ or (
+            current.orig if isinstance(current, sa_exc.DBAPIError) else None
+        )
+    return None

@@ -1,0 +1,133 @@
+"""Which tenants exist: validating ids, static tenants, and a cached async catalog.
+
+A tenant id is checked against the configured pattern and the reserved names before it
+is used for anything; only then is it looked up. Unknown ids are remembered for a while,
+so a flood of them does not reach the catalog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+
+from cachetools import TTLCache
+
+from .errors import TenantResolutionError, UnknownTenantError
+from .settings import TenancySettings, TenantSettings
+
+TenantCatalog = Callable[[str], Awaitable[TenantSettings | None]]
+"""An async function that looks a tenant id up (in a ``tenants`` table, a service...) and
+returns its settings, or None when there is no such tenant."""
+
+_RESERVED = frozenset({"public", "information_schema", "postgres", "template0", "template1"})
+_SHOWN_LENGTH = 40
+
+
+def is_reserved(tenant: str) -> bool:
+    """Names that belong to PostgreSQL itself and can never be a tenant."""
+    return tenant in _RESERVED or tenant.startswith("pg_")
+
+
+class TenantDirectory:
+    """Validates tenant ids and finds the settings of a tenant.
+
+    Tenants come from, in order: static entries (configuration and `add`), the catalog
+    (when one is given; answers cached for *catalog_ttl* seconds, found and not found
+    alike), and otherwise *fallback* — the strategy's own way to tell whether a tenant
+    exists (the URL template, an existing schema).
+    """
+
+    def __init__(
+        self,
+        tenancy: TenancySettings,
+        *,
+        catalog: TenantCatalog | None = None,
+        catalog_ttl: float = 60.0,
+        catalog_size: int = 10_000,
+    ) -> None:
+        self._pattern = re.compile(tenancy.id_pattern)
+        self._static: dict[str, TenantSettings] = dict(tenancy.tenants)
+        self._catalog = catalog
+        self._answers: TTLCache[str, TenantSettings | None] = TTLCache(catalog_size, catalog_ttl)
+        self._pending: dict[str, asyncio.Future[TenantSettings | None]] = {}
+
+    def validate(self, raw: object) -> str:
+        """*raw* as a tenant id, or `TenantResolutionError` saying why it is not one."""
+        if raw is None:
+            raise TenantResolutionError("no tenant id in the request")
+        if not isinstance(raw, str) or not self._pattern.fullmatch(raw):
+            raise TenantResolutionError(
+                f"malformed tenant id {_shown(raw)}: it must match {self._pattern.pattern}"
+            )
+        if is_reserved(raw):
+            raise TenantResolutionError(f"tenant id {raw!r} is a reserved name")
+        return raw
+
+    @property
+    def static_ids(self) -> list[str]:
+        """The ids of the tenants declared in configuration or added at runtime."""
+        return sorted(self._static)
+
+    def add(self, tenant: str, settings: TenantSettings) -> None:
+        """Declare *tenant* (or replace its settings)."""
+        self._static[self.validate(tenant)] = settings
+        self._answers.pop(tenant, None)
+
+    def remove(self, tenant: str) -> None:
+        """Forget *tenant*; `UnknownTenantError` if it was not declared."""
+        if self._static.pop(tenant, None) is None:
+            raise UnknownTenantError(tenant)
+        self._answers.pop(tenant, None)
+
+    def forget(self, tenant: str, *, unknown: bool) -> None:
+        """Drop the cached answer for *tenant*; with *unknown*, remember it as not found."""
+        if unknown:
+            self._answers[tenant] = None
+        else:
+            self._answers.pop(tenant, None)
+
+    async def lookup(
+        self, tenant: str, fallback: Callable[[str], Awaitable[TenantSettings | None]]
+    ) -> TenantSettings:
+        """The settings of the already validated *tenant*, or `UnknownTenantError`."""
+        found = self._static.get(tenant)
+        if found is not None:
+            return found
+        try:
+            answer = self._answers[tenant]
+        except KeyError:
+            answer = await self._ask_once(tenant, fallback)
+        if answer is None:
+            raise UnknownTenantError(tenant)
+        return answer
+
+    async def _ask_once(
+        self, tenant: str, fallback: Callable[[str], Awaitable[TenantSettings | None]]
+    ) -> TenantSettings | None:
+        # Concurrent first requests for one tenant share a single lookup.
+        pending = self._pending.get(tenant)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[TenantSettings | None] = asyncio.get_running_loop().create_future()
+        self._pending[tenant] = future
+        try:
+            ask = self._catalog or fallback
+            answer = await ask(tenant)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # marks it retrieved when nobody else was waiting
+            raise
+        finally:
+            del self._pending[tenant]
+        self._answers[tenant] = answer
+        future.set_result(answer)
+        return answer
+
+
+def _shown(raw: object) -> str:
+    text = raw if isinstance(raw, str) else type(raw).__name__
+    return repr(text[:_SHOWN_LENGTH] + ("..." if len(text) > _SHOWN_LENGTH else ""))
