@@ -369,3 +369,27 @@ async def test_a_lifespan_wrapped_by_the_application(router: DatabaseRouter) -> 
     app.router.lifespan_context = lifespan
     async with serve(app) as client:
         assert (await client.get("/widgets")).status_code == 200
+
+
+async def test_unknown_names_in_included_routers_stop_startup(router: DatabaseRouter) -> None:
+    from fastapi import APIRouter
+
+    inner = APIRouter()
+
+    @inner.get("/inner")
+    async def uses_archive(db: Annotated[AsyncSession, Depends(get_db("archive"))]) -> None:
+        return None
+
+    outer = APIRouter(prefix="/outer")
+    outer.include_router(inner)
+    app = build_app(router)
+    app.include_router(outer)
+    with pytest.raises(ConfigurationError, match=r"get_db\('archive'\)"):
+        async with serve(app):
+            pass
+
+    guarded = build_app(router)
+    guarded.include_router(APIRouter(), dependencies=[Depends(get_db("audit"))])
+    with pytest.raises(ConfigurationError, match=r"get_db\('audit'\)"):
+        async with serve(guarded):
+            pass

@@ -34,12 +34,13 @@ class Login(Base):
 
 
 def test_constraint_names_follow_the_convention() -> None:
-    ddl = str(CreateTable(Account.__table__)) + str(CreateTable(Login.__table__))
+    accounts, logins = Base.metadata.tables["accounts"], Base.metadata.tables["logins"]
+    ddl = str(CreateTable(accounts)) + str(CreateTable(logins))
     assert "CONSTRAINT pk_accounts PRIMARY KEY" in ddl
     assert "CONSTRAINT uq_accounts_email UNIQUE" in ddl
     assert "CONSTRAINT ck_accounts_email_length CHECK" in ddl
     assert "CONSTRAINT fk_logins_account_id_accounts FOREIGN KEY" in ddl
-    indexes = [str(CreateIndex(index)) for index in Account.__table__.indexes]
+    indexes = [str(CreateIndex(index)) for index in accounts.indexes]
     assert any("ix_accounts_name" in index for index in indexes)
     assert set(NAMING_CONVENTION) == {"ix", "uq", "ck", "fk", "pk"}
 

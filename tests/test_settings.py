@@ -228,3 +228,18 @@ def test_settings_are_immutable() -> None:
     settings = RouterSettings(databases={"primary": {"url": SQLITE}})
     with pytest.raises(ValidationError, match="frozen"):
         settings.default_database = "other"  # type: ignore[misc]
+
+
+def test_dotenv_entries_of_other_settings_are_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "SECRET_KEY=not-ours\nDBROUTER_DATABASES__PRIMARY__URL=sqlite:///./main.db\n"
+    )
+    assert RouterSettings().databases["primary"].url.database == "./main.db"
+    (tmp_path / ".env").write_text(
+        "DBROUTER_DATABASES__PRIMARY__URL=sqlite:///./main.db\nDBROUTER_DEFAULT_DATABSE=x\n"
+    )
+    with pytest.raises(ConfigurationError, match="dbrouter_default_databse: unknown key"):
+        RouterSettings()

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_dependant
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -210,6 +211,15 @@ def _database_names(routes: Iterable[Any], overrides: dict[Any, Any]) -> Iterato
             yield from _names_in(route.dependant, overrides)
         elif isinstance(route, Mount):
             yield from _database_names(route.routes, overrides)
+        elif hasattr(route, "original_router"):
+            # A router added with include_router, kept apart from the app's own routes.
+            context = getattr(route, "include_context", None)
+            for depends in getattr(context, "dependencies", ()):
+                router_level = Dependant(
+                    dependencies=[get_dependant(path="", call=depends.dependency)]
+                )
+                yield from _names_in(router_level, overrides)
+            yield from _database_names(route.original_router.routes, overrides)
 
 
 def _names_in(dependant: Dependant, overrides: dict[Any, Any]) -> Iterator[str | None]:
@@ -219,11 +229,10 @@ def _names_in(dependant: Dependant, overrides: dict[Any, Any]) -> Iterator[str |
             continue
         if call is provide_tenant:
             yield _TENANT
-            continue
-        if hasattr(call, _DATABASE_ATTRIBUTE):
+        elif hasattr(call, _DATABASE_ATTRIBUTE):
             yield getattr(call, _DATABASE_ATTRIBUTE)
-            continue
-        yield from _names_in(dependency, overrides)
+        else:
+            yield from _names_in(dependency, overrides)
 
 
 def build_health_router(router: DatabaseRouter, *, path: str) -> APIRouter:

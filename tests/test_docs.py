@@ -1,0 +1,250 @@
+"""The documentation is checked like code.
+
+1. ``docs/configuration.md`` documents every field of every settings model: one table row
+   per field, in the section headed by the model's name, with the field's default and its
+   docstring as the meaning. The docstrings are read from ``src/dbrouter/settings.py``, so
+   neither side can change without the other.
+
+2. Every ```python block in ``README.md`` and ``docs/*.md`` runs, each on its own, in an
+   empty temporary directory with no ``DBROUTER_*`` variable set. Conventions:
+
+   - A block is not collected when the HTML comment lines right above it include
+     ``<!-- skip: why -->``.
+   - The blocks are formatted with ``ruff format`` like the code; ``<!-- fmt: off -->``
+     and ``<!-- fmt: on -->`` around a block keep the formatter off it.
+   - ``DBROUTER_*=value`` lines (``export`` optional) of a ```bash or ```sh block are set in the
+     environment of the python block right after it.
+   - A block may use top-level ``await``; it then runs in an event loop of its own.
+   - If a block leaves a FastAPI ``app`` behind, the app's lifespan is started and stopped,
+     which checks that every ``get_db(...)`` it uses names a configured database.
+   - Every `DatabaseRouter` a block leaves behind is disposed.
+
+3. ``docs/errors.md`` shows every exception of the tree with its builtin base.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import itertools
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+import dbrouter
+from dbrouter import (
+    DatabaseRouter,
+    DatabaseSettings,
+    DBRouterError,
+    RouterSettings,
+    TenancySettings,
+    TenantSettings,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS_SOURCE = ROOT / "src" / "dbrouter" / "settings.py"
+SETTINGS_MODELS: list[type[BaseModel]] = [
+    RouterSettings,
+    DatabaseSettings,
+    TenancySettings,
+    TenantSettings,
+]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+# -- 1. the configuration reference ------------------------------------------------------
+
+
+def attribute_docstrings(model: type[BaseModel]) -> dict[str, str]:
+    """The docstring written below each field of *model* in settings.py, by field name."""
+    tree = ast.parse(SETTINGS_SOURCE.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == model.__name__:
+            docstrings = {}
+            for statement, following in itertools.pairwise(node.body):
+                if (
+                    isinstance(statement, ast.AnnAssign)
+                    and isinstance(statement.target, ast.Name)
+                    and isinstance(following, ast.Expr)
+                    and isinstance(following.value, ast.Constant)
+                    and isinstance(following.value.value, str)
+                ):
+                    docstrings[statement.target.id] = following.value.value
+            return docstrings
+    raise AssertionError(f"class {model.__name__} not found in {SETTINGS_SOURCE}")
+
+
+def as_markdown(docstring: str) -> str:
+    """A docstring as one line of Markdown: whitespace collapsed, ``code`` as `code`."""
+    return " ".join(docstring.split()).replace("``", "`")
+
+
+def documented_default(field: FieldInfo) -> str:
+    """How the reference writes the default of *field*."""
+    if field.is_required():
+        return "required"
+    value = field.get_default(call_default_factory=True, validated_data={})
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"
+
+
+def reference_rows(model: type[BaseModel]) -> dict[str, list[str]]:
+    """The rows of the table in the ``### `Model` `` section of configuration.md, by key."""
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    heading = f"### `{model.__name__}`"
+    assert heading in text, f"configuration.md has no section {heading!r}"
+    section = text.split(heading, 1)[1].split("\n#", 1)[0]
+    rows: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 4 and re.fullmatch(r"`\w+`", cells[0]):
+            rows[cells[0].strip("`")] = cells
+    return rows
+
+
+@pytest.mark.parametrize("model", SETTINGS_MODELS, ids=lambda model: model.__name__)
+def test_configuration_reference_documents_every_field(model: type[BaseModel]) -> None:
+    docstrings = attribute_docstrings(model)
+    rows = reference_rows(model)
+    missing = [name for name in model.model_fields if name not in rows]
+    extra = [name for name in rows if name not in model.model_fields]
+    assert not missing, f"configuration.md, {model.__name__}: no row for {missing}"
+    assert not extra, f"configuration.md, {model.__name__}: rows for unknown keys {extra}"
+    assert list(rows) == list(model.model_fields), "rows in the order the fields are declared"
+    for name, field in model.model_fields.items():
+        _, variable, default, meaning = rows[name]
+        assert name in docstrings, f"{model.__name__}.{name} has no docstring in settings.py"
+        expected = as_markdown(docstrings[name])
+        assert meaning == expected, f"the meaning of {name} must be the docstring: {expected}"
+        assert default == documented_default(field), f"the default of {name}"
+        assert variable.startswith("`DBROUTER_"), f"the environment variable of {name}"
+        assert variable.rstrip("`").endswith(name.upper()) or "<KEY>" in variable
+
+
+# -- 2. the code blocks -------------------------------------------------------------------
+
+FENCE = re.compile(r"^```(\w*)")
+COMMENT = re.compile(r"^<!--.*-->$")
+SKIP = re.compile(r"^<!-- skip: .+ -->$")
+ASSIGNMENT = re.compile(r"^(?:export\s+)?(DBROUTER_\w+)=(.*)$")
+
+
+@dataclass(frozen=True)
+class CodeBlock:
+    """A ```python block of a document, with the environment the document gives it."""
+
+    path: Path
+    line: int
+    source: str
+    environment: dict[str, str]
+    skipped: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+def code_blocks(path: Path) -> list[CodeBlock]:
+    """Every ```python block of *path*."""
+    blocks: list[CodeBlock] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    environment: dict[str, str] = {}
+    index = 0
+    while index < len(lines):
+        opening = FENCE.match(lines[index])
+        if opening is None:
+            index += 1
+            continue
+        end = next(i for i in range(index + 1, len(lines)) if lines[i].startswith("```"))
+        body = lines[index + 1 : end]
+        language = opening.group(1)
+        if language == "python":
+            comments = itertools.takewhile(COMMENT.match, reversed(lines[:index]))
+            skipped = any(SKIP.match(comment) for comment in comments)
+            blocks.append(CodeBlock(path, index + 1, "\n".join(body), environment, skipped))
+            environment = {}
+        elif language in ("bash", "sh", "shell"):
+            environment = {}
+            for line in body:
+                match = ASSIGNMENT.match(line.strip())
+                if match:
+                    environment[match.group(1)] = match.group(2).strip().strip("'\"")
+        index = end + 1
+    return blocks
+
+
+BLOCKS = [block for path in DOCUMENTS for block in code_blocks(path) if not block.skipped]
+
+
+def test_documents_have_code_that_runs() -> None:
+    runnable = {block.path.name for block in BLOCKS}
+    assert {"README.md", "index.md", "configuration.md", "fastapi.md"} <= runnable
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda block: block.name)
+async def test_code_block_runs(
+    block: CodeBlock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for key in list(os.environ):
+        if key.upper().startswith("DBROUTER_"):
+            monkeypatch.delenv(key)
+    for key, value in block.environment.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    # A thread of its own, with no running event loop, so that a block may call
+    # asyncio.run() the way a script does.
+    await asyncio.to_thread(run_block, block)
+
+
+def run_block(block: CodeBlock) -> None:
+    code = compile(
+        block.source, block.name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True
+    )
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    result = eval(code, namespace)
+    asyncio.run(finish_block(result, namespace))
+
+
+async def finish_block(result: Any, namespace: dict[str, Any]) -> None:
+    """Await a block's top-level code, start and stop its app, dispose its routers."""
+    routers = [value for value in namespace.values() if isinstance(value, DatabaseRouter)]
+    try:
+        if inspect.iscoroutine(result):
+            await result
+        app = namespace.get("app")
+        if isinstance(app, FastAPI) and not any(router.closed for router in routers):
+            async with LifespanManager(app):
+                pass
+    finally:
+        for router in routers:
+            await router.dispose()
+
+
+# -- 3. the exception tree ----------------------------------------------------------------
+
+
+def test_errors_page_shows_the_exception_tree() -> None:
+    text = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    tree = text.split("```text", 1)[1].split("```", 1)[0]
+    exported = [getattr(dbrouter, name) for name in dbrouter.__all__]
+    errors = [item for item in exported if isinstance(item, type)]
+    errors = [item for item in errors if issubclass(item, DBRouterError)]
+    for error in errors:
+        builtins = [base.__name__ for base in error.__bases__ if base.__module__ == "builtins"]
+        builtins = [name for name in builtins if name != "Exception"]
+        shown = f"{error.__name__} ({builtins[0]})" if builtins else error.__name__
+        assert re.search(rf"(^|── ){re.escape(shown)}$", tree, re.MULTILINE), shown

@@ -1,0 +1,145 @@
+"""The demo app (examples/demo.py): in-process on SQLite and on PostgreSQL, and served over
+HTTP by ``scripts/demo`` the way a newcomer starts it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from examples.demo import build_app
+
+from dbrouter import ConfigurationError, RouterSettings
+from tests.conftest import serve
+from tests.support.postgres import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No ``DBROUTER_*`` variable or ``.env`` file of the machine reaches the demo."""
+    for key in list(os.environ):
+        if key.upper().startswith("DBROUTER_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+async def exercise(app: object) -> None:
+    """Create a note, read it back from both databases, and check the health endpoint."""
+    async with serve(app) as client:
+        created = await client.post("/notes", json={"text": "hello"})
+        assert created.status_code == 201, created.text
+        note = created.json()
+        assert note["text"] == "hello"
+        assert isinstance(note["id"], int)
+        datetime.fromisoformat(note["created_at"])
+
+        # The list is read on the replica's own engine: the note was committed.
+        listed = await client.get("/notes")
+        assert listed.status_code == 200
+        assert note in listed.json()
+
+        fetched = await client.get(f"/notes/{note['id']}")
+        assert fetched.status_code == 200
+        assert fetched.json() == note
+        assert (await client.get("/notes/999999")).status_code == 404
+
+        health = await client.get("/health/databases")
+        assert health.status_code == 200, health.text
+        report = health.json()
+        assert report["status"] == "ok"
+        assert {name: db["status"] for name, db in report["databases"].items()} == {
+            "primary": "up",
+            "replica": "up",
+        }
+
+
+async def test_demo_on_sqlite_by_default(tmp_path: Path) -> None:
+    await exercise(build_app())
+    assert (tmp_path / ".demo-data" / "notes.db").is_file()
+
+
+async def test_demo_on_postgresql_from_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str
+) -> None:
+    monkeypatch.setenv("DBROUTER_DATABASES__PRIMARY__URL", pg_url)
+    monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__URL", pg_url)
+    monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__REPLICA_OF", "primary")
+    await exercise(build_app())
+    assert not (tmp_path / ".demo-data").exists()
+
+
+async def test_demo_with_explicit_settings(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'explicit.db'}"
+    settings = RouterSettings(
+        databases={"primary": {"url": url}, "replica": {"url": url, "replica_of": "primary"}}
+    )
+    await exercise(build_app(settings))
+    assert (tmp_path / "explicit.db").is_file()
+
+
+async def test_demo_does_not_start_without_its_replica(tmp_path: Path) -> None:
+    settings = RouterSettings(databases={"primary": {"url": f"sqlite:///{tmp_path / 'a.db'}"}})
+    with pytest.raises(ConfigurationError, match=r"get_db\('replica'\).*'primary'"):
+        async with serve(build_app(settings)):
+            pass
+
+
+def test_scripts_demo_serves_over_http(tmp_path: Path) -> None:
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DBROUTER_")}
+    # Reuse the interpreter's virtualenv instead of building a new one; outside a
+    # virtualenv, let the script build one in the temporary directory.
+    in_venv = sys.prefix != sys.base_prefix
+    env["DBROUTER_VENV"] = sys.prefix if in_venv else str(tmp_path / "venv")
+    log = tmp_path / "demo.log"
+    with log.open("w") as log_file:
+        process = subprocess.Popen(
+            [str(ROOT / "scripts" / "demo"), "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        health = wait_until_healthy(process, f"{base}/health/databases", log, timeout=90)
+        assert health.json()["status"] == "ok"
+        created = httpx.post(f"{base}/notes", json={"text": "over HTTP"}, timeout=10)
+        assert created.status_code == 201, created.text
+        assert created.json() in httpx.get(f"{base}/notes", timeout=10).json()
+    finally:
+        process.terminate()
+        returncode = process.wait(timeout=30)
+    output = log.read_text()
+    assert f"curl {base}/health/databases" in output
+    # uvicorn shuts down cleanly, then re-raises the signal it caught.
+    assert returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output
+    assert (tmp_path / ".demo-data" / "notes.db").is_file()
+
+
+def wait_until_healthy(
+    process: subprocess.Popen[bytes], url: str, log: Path, *, timeout: float
+) -> httpx.Response:
+    """Poll *url* until it answers 200; fail early if *process* exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"scripts/demo exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            response = httpx.get(url, timeout=5)
+        except httpx.TransportError:
+            pass
+        else:
+            if response.status_code == 200:
+                return response
+        time.sleep(0.2)
+    pytest.fail(f"scripts/demo did not become healthy within {timeout} s:\n{log.read_text()}")

@@ -1,0 +1,611 @@
+"""Tenant routing on real PostgreSQL: resolution and validation, both strategies,
+isolation under concurrency, the engine cache, and tenants changed at runtime."""
+
+# No ``from __future__ import annotations``: FastAPI resolves the endpoint annotations.
+
+import asyncio
+import random
+import string
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import String, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from dbrouter import (
+    CallableTenantResolver,
+    ChainTenantResolver,
+    ConfigurationError,
+    DatabaseRouter,
+    HeaderTenantResolver,
+    PathTenantResolver,
+    RouterSettings,
+    SubdomainTenantResolver,
+    TenantRequest,
+    TenantResolutionError,
+    TenantSettings,
+    UnknownTenantError,
+    current_tenant,
+    get_db,
+    get_tenant,
+    get_tenant_db,
+)
+from tests.conftest import serve, server_connections
+from tests.tenant_setup import tenant_databases, tenant_schemas
+
+Tenant = Annotated[str, Depends(get_tenant())]
+TenantDB = Annotated[AsyncSession, Depends(get_tenant_db())]
+TenantCommit = Annotated[AsyncSession, Depends(get_tenant_db(commit=True))]
+Primary = Annotated[AsyncSession, Depends(get_db("primary"))]
+
+TENANTS = [f"t{index:02d}" for index in range(20)]
+
+
+class Model(DeclarativeBase):
+    pass
+
+
+class Note(Model):
+    __tablename__ = "notes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner: Mapped[str] = mapped_column(String)
+    body: Mapped[str] = mapped_column(String)
+
+
+def tenant_app(router: DatabaseRouter, seen_in_background: list[Any] | None = None) -> FastAPI:
+    app = FastAPI(lifespan=router.lifespan)
+
+    @app.get("/notes")
+    async def notes(db: TenantDB, tenant: Tenant) -> dict[str, Any]:
+        owners = (await db.execute(text("SELECT owner FROM notes"))).scalars().all()
+        return {"tenant": tenant, "owners": sorted(set(owners)), "count": len(owners)}
+
+    @app.get("/orm")
+    async def orm(db: TenantDB) -> list[str]:
+        return sorted(set((await db.scalars(select(Note.owner))).all()))
+
+    @app.post("/notes")
+    async def add(db: TenantCommit, tenant: Tenant) -> str:
+        db.add(Note(owner=tenant, body="written"))
+        await db.flush()
+        return "ok"
+
+    @app.post("/notes/rollback")
+    async def add_then_fail(db: TenantDB, tenant: Tenant) -> None:
+        await db.execute(
+            text("INSERT INTO notes (owner, body) VALUES (:o, 'lost')"), {"o": tenant}
+        )
+        raise HTTPException(status_code=409, detail="no")
+
+    @app.post("/notes/raise")
+    async def add_then_raise(db: TenantCommit, tenant: Tenant) -> None:
+        await db.execute(
+            text("INSERT INTO notes (owner, body) VALUES (:o, 'lost')"), {"o": tenant}
+        )
+        raise RuntimeError("endpoint bug")
+
+    @app.get("/plain")
+    async def plain(db: Primary) -> dict[str, Any]:
+        owners = (await db.execute(text("SELECT owner FROM notes"))).scalars().all()
+        path = await db.scalar(text("SELECT current_setting('search_path')"))
+        return {"owners": sorted(set(owners)), "search_path": path, "tenant": current_tenant()}
+
+    @app.get("/slow")
+    async def slow(db: TenantDB, tenant: Tenant, seconds: float) -> str:
+        await db.execute(text("SELECT pg_sleep(:s)"), {"s": seconds})
+        return tenant
+
+    @app.get("/background")
+    async def background(tenant: Tenant, tasks: BackgroundTasks) -> str:
+        async def remember() -> None:
+            await asyncio.sleep(0.01)
+            assert seen_in_background is not None
+            seen_in_background.append(current_tenant())
+
+        tasks.add_task(remember)
+        return tenant
+
+    return app
+
+
+@pytest.fixture
+async def database_router(postgres_admin_url: str, pg_url: str) -> AsyncIterator[DatabaseRouter]:
+    await tenant_schemas(pg_url, [])  # the primary's own notes, which no tenant may see
+    async with tenant_databases(postgres_admin_url, TENANTS) as tenants:
+        router = DatabaseRouter(
+            RouterSettings(
+                databases={"primary": {"url": pg_url}},
+                tenancy={"strategy": "database", "url_template": tenants.url_template},
+            )
+        )
+        yield router
+        await router.dispose()
+
+
+@pytest.fixture
+async def schema_router(pg_url: str) -> AsyncIterator[DatabaseRouter]:
+    await tenant_schemas(pg_url, TENANTS)
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={"primary": {"url": pg_url, "pool_size": 5, "max_overflow": 0}},
+            tenancy={"strategy": "schema"},
+        )
+    )
+    yield router
+    await router.dispose()
+
+
+@pytest.fixture(params=["database", "schema"])
+def router(
+    request: pytest.FixtureRequest,
+) -> DatabaseRouter:
+    return request.getfixturevalue(f"{request.param}_router")  # type: ignore[no-any-return]
+
+
+def as_tenant(tenant: str) -> dict[str, str]:
+    return {"X-Tenant-ID": tenant}
+
+
+async def test_requests_reach_their_tenant(router: DatabaseRouter) -> None:
+    async with serve(tenant_app(router)) as client:
+        for tenant in TENANTS[:3]:
+            response = await client.get("/notes", headers=as_tenant(tenant))
+            assert response.json() == {"tenant": tenant, "owners": [tenant], "count": 1}
+            assert (await client.get("/orm", headers=as_tenant(tenant))).json() == [tenant]
+
+
+async def test_missing_malformed_and_unknown_tenants(router: DatabaseRouter) -> None:
+    async with serve(tenant_app(router)) as client:
+        missing = await client.get("/notes")
+        malformed = await client.get("/notes", headers=as_tenant("Acme;DROP"))
+        unknown = await client.get("/notes", headers=as_tenant("nosuchtenant"))
+    assert (missing.status_code, missing.json()) == (400, {"detail": "missing tenant id"})
+    assert (malformed.status_code, malformed.json()) == (400, {"detail": "invalid tenant id"})
+    assert (unknown.status_code, unknown.json()) == (404, {"detail": "unknown tenant"})
+    for response in (missing, malformed, unknown):
+        for tenant in TENANTS:
+            assert tenant not in response.text
+        assert "postgresql" not in response.text
+
+
+async def test_isolation_under_concurrency(router: DatabaseRouter) -> None:
+    rng = random.Random(20261125)
+    written: Counter[str] = Counter()
+    async with serve(tenant_app(router)) as client:
+
+        async def one(tenant: str, write: bool) -> None:
+            if write:
+                response = await client.post("/notes", headers=as_tenant(tenant))
+                assert response.status_code == 200, response.text
+                written[tenant] += 1
+            else:
+                response = await client.get("/notes", headers=as_tenant(tenant))
+                assert response.status_code == 200, response.text
+                body = response.json()
+                assert body["tenant"] == tenant
+                assert body["owners"] == [tenant], body
+
+        plan = [(rng.choice(TENANTS), rng.random() < 0.4) for _ in range(600)]
+        semaphore = asyncio.Semaphore(40)
+
+        async def bounded(tenant: str, write: bool) -> None:
+            async with semaphore:
+                await one(tenant, write)
+
+        await asyncio.gather(*(bounded(tenant, write) for tenant, write in plan))
+        for tenant in TENANTS:
+            body = (await client.get("/notes", headers=as_tenant(tenant))).json()
+            assert body == {"tenant": tenant, "owners": [tenant], "count": 1 + written[tenant]}
+    assert sum(written.values()) > 100
+
+
+async def test_schema_pins_leave_nothing_on_the_connection(pg_url: str) -> None:
+    await tenant_schemas(pg_url, ["alpha", "beta"])
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={"primary": {"url": pg_url, "pool_size": 1, "max_overflow": 0}},
+            tenancy={"strategy": "schema"},
+        )
+    )
+    async with serve(tenant_app(router)) as client:
+        for _ in range(3):
+            for tenant in ("alpha", "beta"):
+                headers = as_tenant(tenant)
+                assert (await client.post("/notes", headers=headers)).status_code == 200
+                assert (await client.post("/notes/rollback", headers=headers)).status_code == 409
+                assert (await client.post("/notes/raise", headers=headers)).status_code == 500
+                body = (await client.get("/notes", headers=headers)).json()
+                assert body["owners"] == [tenant]
+                plain = (await client.get("/plain")).json()
+                assert plain["owners"] == ["public"]
+                assert plain["search_path"] == '"$user", public'
+                assert plain["tenant"] is None
+        counts = [
+            (await client.get("/notes", headers=as_tenant(t))).json()["count"]
+            for t in ("alpha", "beta")
+        ]
+    assert counts == [4, 4]  # the seed row and three committed writes; nothing rolled back
+    await router.dispose()
+
+
+async def test_raw_sql_never_falls_through_to_public(pg_url: str) -> None:
+    await tenant_schemas(pg_url, ["alpha"])
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={"primary": {"url": pg_url}},
+            tenancy={"strategy": "schema", "tenants": {"ghost": {}}},
+        )
+    )
+    # 'ghost' is declared but has no schema: its unqualified names must not resolve.
+    with pytest.raises(Exception, match="does not exist"):
+        async with router.tenant_session("ghost") as session:
+            await session.execute(text("SELECT owner FROM notes"))
+    async with router.tenant_session("alpha", commit=True) as session:
+        await session.execute(text("INSERT INTO notes (owner, body) VALUES ('alpha', 'raw')"))
+        await session.commit()
+        # A second transaction in the same session is pinned again.
+        owners = (await session.execute(text("SELECT DISTINCT owner FROM notes"))).scalars()
+        assert list(owners) == ["alpha"]
+    async with router.session() as session:
+        assert (await session.scalar(text("SELECT count(*) FROM notes"))) == 1
+    await router.dispose()
+
+
+async def test_the_compiled_cache_does_not_grow_per_tenant(schema_router: DatabaseRouter) -> None:
+    engine = schema_router.engine("primary")
+    async with schema_router.tenant_session(TENANTS[0]) as session:
+        await session.scalars(select(Note.owner).where(Note.body == "seed"))
+    size = len(engine.sync_engine._compiled_cache or {})
+    for tenant in TENANTS:
+        async with schema_router.tenant_session(tenant) as session:
+            owners = (await session.scalars(select(Note.owner).where(Note.body == "seed"))).all()
+        assert owners == [tenant]
+    assert len(engine.sync_engine._compiled_cache or {}) == size
+
+
+async def test_the_tenant_is_current_in_background_tasks_only_for_its_request(
+    router: DatabaseRouter,
+) -> None:
+    seen: list[Any] = []
+    async with serve(tenant_app(router, seen)) as client:
+        for tenant in TENANTS[:3]:
+            assert (await client.get("/background", headers=as_tenant(tenant))).json() == tenant
+            assert (await client.get("/plain")).json()["tenant"] is None
+    assert seen == TENANTS[:3]
+    assert current_tenant() is None
+
+
+async def test_tenant_session_outside_requests(router: DatabaseRouter) -> None:
+    async with router.tenant_session(TENANTS[4], commit=True) as session:
+        assert current_tenant() == TENANTS[4]
+        await session.execute(
+            text("INSERT INTO notes (owner, body) VALUES (:o, 'job')"), {"o": TENANTS[4]}
+        )
+    assert current_tenant() is None
+    async with router.tenant_session(TENANTS[4]) as session:
+        owners = (await session.execute(text("SELECT owner FROM notes"))).scalars().all()
+    assert owners == [TENANTS[4], TENANTS[4]]
+    with pytest.raises(TenantResolutionError):
+        async with router.tenant_session("Not Valid"):
+            pass
+    with pytest.raises(UnknownTenantError):
+        async with router.tenant_session("nosuchtenant"):
+            pass
+
+
+BAD_IDS = [
+    "a;DROP",
+    "acme'",
+    'acme"',
+    "..",
+    "acme\x00",
+    "a" * 300,
+    "\u0430cme",  # a Cyrillic a
+    "acme?host=evil.example",
+    "acme/../other",
+    "public",
+    "pg_temp",
+    "pg_catalog",
+    "information_schema",
+    "ACME",
+    "",
+    " acme",
+    "-acme",
+]
+
+
+@pytest.fixture
+async def trap() -> AsyncIterator[tuple[str, list[int]]]:
+    """A TCP port that records every connection attempt and answers none."""
+    accepted: list[int] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(record, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"postgresql://app:pw@127.0.0.1:{port}/tenant_{{tenant}}", accepted
+    server.close()
+    await server.wait_closed()
+
+
+async def test_bad_ids_are_rejected_before_any_io(trap: tuple[str, list[int]]) -> None:
+    template, accepted = trap
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={"primary": {"url": "sqlite://"}},
+            tenancy={"url_template": template},
+        )
+    )
+    async with serve(tenant_app(router)) as client:
+        for bad in BAD_IDS:
+            try:
+                response = await client.get("/notes", headers=as_tenant(bad))
+            except (httpx.LocalProtocolError, UnicodeEncodeError):
+                continue  # the client itself refuses to send it
+            assert response.status_code == 400, bad
+        for bad in BAD_IDS:
+            with pytest.raises(TenantResolutionError):
+                async with router.tenant_session(bad):
+                    pass
+        assert router.tenancy.engines is not None
+        assert router.tenancy.engines.cached() == {}
+    assert accepted == []
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(st.text(min_size=0, max_size=80))
+def test_arbitrary_ids_are_valid_or_rejected_without_io(raw: str) -> None:
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={"primary": {"url": "sqlite://"}},
+            tenancy={"url_template": "postgresql://app:pw@127.0.0.1:9/tenant_{tenant}"},
+        )
+    )
+    directory = router.tenancy.directory
+    valid = (
+        bool(raw)
+        and len(raw) <= 63
+        and set(raw) <= set(string.ascii_lowercase + string.digits + "_-")
+        and raw[0] not in "_-"
+        and raw not in ("public", "information_schema", "postgres", "template0", "template1")
+        and not raw.startswith("pg_")
+    )
+    if valid:
+        assert directory.validate(raw) == raw
+    else:
+        with pytest.raises(TenantResolutionError):
+            directory.validate(raw)
+    assert router.tenancy.engines is not None
+    assert router.tenancy.engines.cached() == {}
+
+
+async def test_a_stampede_builds_one_engine(database_router: DatabaseRouter) -> None:
+    tenant = TENANTS[7]
+
+    async def bind() -> int:
+        async with database_router.tenant_session(tenant) as session:
+            await session.execute(text("SELECT 1"))
+            return id(session.bind)
+
+    binds = await asyncio.gather(*(bind() for _ in range(500)))
+    assert len(set(binds)) == 1
+    engines = database_router.tenancy.engines
+    assert engines is not None
+    assert list(engines.cached()) == [tenant]
+    assert engines.retiring == 0
+
+
+async def test_eviction_under_load(postgres_admin_url: str, pg_url: str) -> None:
+    tenants = TENANTS[:10]
+    async with tenant_databases(postgres_admin_url, tenants) as databases:
+        router = DatabaseRouter(
+            RouterSettings(
+                databases={"primary": {"url": pg_url}},
+                tenancy={"url_template": databases.url_template, "max_engines": 2},
+            )
+        )
+        async with serve(tenant_app(router)) as client:
+
+            async def slow(tenant: str) -> str:
+                response = await client.get(
+                    "/slow", headers=as_tenant(tenant), params={"seconds": 0.2}
+                )
+                assert response.status_code == 200, response.text
+                return str(response.json())
+
+            answers = await asyncio.gather(*(slow(tenants[i % 10]) for i in range(60)))
+            assert answers == [tenants[i % 10] for i in range(60)]
+            engines = router.tenancy.engines
+            assert engines is not None
+            live = set(engines.cached())
+            assert len(live) <= 2
+            for _ in range(50):
+                if engines.retiring == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert engines.retiring == 0
+            open_to = {t: await server_connections(url) for t, url in databases.urls.items()}
+            assert {t for t, count in open_to.items() if count} <= live
+        assert [await server_connections(url) for url in databases.urls.values()] == [0] * 10
+
+
+async def test_idle_engines_expire(postgres_admin_url: str, pg_url: str) -> None:
+    async with tenant_databases(postgres_admin_url, TENANTS[:2]) as databases:
+        router = DatabaseRouter(
+            RouterSettings(
+                databases={"primary": {"url": pg_url}},
+                tenancy={"url_template": databases.url_template, "engine_idle_ttl": 1.0},
+            )
+        )
+        async with router.tenant_session(TENANTS[0]) as session:
+            await session.execute(text("SELECT 1"))
+        url = databases.urls[TENANTS[0]]
+        assert await server_connections(url) == 1
+        await asyncio.sleep(1.0 + 0.25 + 0.5)  # ttl, reaper interval, a margin
+        assert await server_connections(url) == 0
+        engines = router.tenancy.engines
+        assert engines is not None
+        assert engines.cached() == {}
+        await router.dispose()
+
+
+async def test_a_session_longer_than_the_ttl_is_not_cut_off(
+    postgres_admin_url: str, pg_url: str
+) -> None:
+    async with tenant_databases(postgres_admin_url, TENANTS[:1]) as databases:
+        router = DatabaseRouter(
+            RouterSettings(
+                databases={"primary": {"url": pg_url}},
+                tenancy={"url_template": databases.url_template, "engine_idle_ttl": 0.4},
+            )
+        )
+        async with router.tenant_session(TENANTS[0]) as session:
+            await session.execute(text("SELECT pg_sleep(1.2)"))
+            owners = (await session.execute(text("SELECT owner FROM notes"))).scalars().all()
+        assert owners == [TENANTS[0]]
+        await router.dispose()
+
+
+async def test_catalog_answers_are_cached(pg_url: str, postgres_admin_url: str) -> None:
+    asked: Counter[str] = Counter()
+    async with tenant_databases(postgres_admin_url, ["acme"]) as databases:
+
+        async def catalog(tenant: str) -> TenantSettings | None:
+            asked[tenant] += 1
+            await asyncio.sleep(0.05)
+            url = databases.urls.get(tenant)
+            return None if url is None else TenantSettings(url=url)
+
+        router = DatabaseRouter(
+            RouterSettings(databases={"primary": {"url": pg_url}}, tenancy={}),
+            tenant_catalog=catalog,
+        )
+        async with serve(tenant_app(router)) as client:
+            flood = [client.get("/notes", headers=as_tenant("ghost")) for _ in range(50)]
+            flood += [client.get("/notes", headers=as_tenant("acme")) for _ in range(50)]
+            statuses = Counter(response.status_code for response in await asyncio.gather(*flood))
+            assert statuses == Counter({404: 50, 200: 50})
+            for _ in range(20):
+                await client.get("/notes", headers=as_tenant("ghost"))
+        assert asked == Counter({"ghost": 1, "acme": 1})
+        await router.dispose()
+
+
+async def test_tenants_added_removed_and_repointed_at_runtime(
+    postgres_admin_url: str, pg_url: str
+) -> None:
+    async with tenant_databases(postgres_admin_url, ["one", "two"]) as databases:
+        router = DatabaseRouter(RouterSettings(databases={"primary": {"url": pg_url}}, tenancy={}))
+        async with serve(tenant_app(router)) as client:
+            assert (await client.get("/notes", headers=as_tenant("acme"))).status_code == 404
+            router.add_tenant("acme", url=databases.urls["one"])
+            body = (await client.get("/notes", headers=as_tenant("acme"))).json()
+            assert body["owners"] == ["one"]
+            # Re-pointed while a request still uses the old engine: it finishes there.
+            slow = asyncio.create_task(
+                client.get("/slow", headers=as_tenant("acme"), params={"seconds": 0.5})
+            )
+            await asyncio.sleep(0.2)
+            router.add_tenant("acme", url=databases.urls["two"])
+            body = (await client.get("/notes", headers=as_tenant("acme"))).json()
+            assert body["owners"] == ["two"]
+            assert (await slow).status_code == 200
+            await asyncio.sleep(0.2)
+            assert await server_connections(databases.urls["one"]) == 0
+            router.remove_tenant("acme")
+            assert (await client.get("/notes", headers=as_tenant("acme"))).status_code == 404
+            with pytest.raises(UnknownTenantError):
+                router.remove_tenant("acme")
+        assert await server_connections(databases.urls["two"]) == 0
+
+
+async def test_static_tenants_and_their_pool_overrides(
+    postgres_admin_url: str, pg_url: str
+) -> None:
+    async with tenant_databases(postgres_admin_url, ["acme", "globex"]) as databases:
+        router = DatabaseRouter(
+            RouterSettings(
+                databases={"primary": {"url": pg_url}},
+                tenancy={
+                    "pool_size": 3,
+                    "tenants": {
+                        "acme": {"url": databases.urls["acme"], "pool_size": 7},
+                        "globex": {"url": databases.urls["globex"]},
+                    },
+                },
+            )
+        )
+        async with router.tenant_session("acme") as session:
+            assert session.bind.pool.size() == 7  # type: ignore[union-attr]
+        async with router.tenant_session("globex") as session:
+            assert session.bind.pool.size() == 3  # type: ignore[union-attr]
+        with pytest.raises(UnknownTenantError):
+            async with router.tenant_session("initech"):
+                pass
+        await router.dispose()
+
+
+async def test_resolvers() -> None:
+    request = TenantRequest(
+        headers={"x-org": "acme"},
+        host="globex.example.com",
+        path_params={"tenant": "initech"},
+        state={"user": {"tenant": "hooli"}},
+    )
+    assert await HeaderTenantResolver("X-Org").resolve(request) == "acme"
+    assert await HeaderTenantResolver().resolve(request) is None
+    assert await SubdomainTenantResolver("example.com").resolve(request) == "globex"
+    assert await SubdomainTenantResolver("example.org").resolve(request) is None
+    deep = TenantRequest(headers={}, host="a.b.example.com")
+    assert await SubdomainTenantResolver("example.com").resolve(deep) is None
+    assert await PathTenantResolver().resolve(request) == "initech"
+    assert await CallableTenantResolver(lambda r: r.state["user"]["tenant"]).resolve(request) == (
+        "hooli"
+    )
+
+    async def from_claim(r: TenantRequest) -> str | None:
+        return None
+
+    chain = ChainTenantResolver(CallableTenantResolver(from_claim), PathTenantResolver())
+    assert await chain.resolve(request) == "initech"
+
+
+async def test_subdomain_resolution_in_an_app(database_router: DatabaseRouter) -> None:
+    router = DatabaseRouter(
+        database_router.settings, tenant_resolver=SubdomainTenantResolver("example.com")
+    )
+    async with serve(tenant_app(router)) as client:
+        response = await client.get(f"http://{TENANTS[3]}.example.com/notes")
+        assert response.json()["owners"] == [TENANTS[3]]
+        assert (await client.get("http://example.com/notes")).status_code == 400
+
+
+async def test_get_tenant_db_without_tenancy_stops_startup(pg_url: str) -> None:
+    router = DatabaseRouter(RouterSettings(databases={"primary": {"url": pg_url}}))
+    with pytest.raises(ConfigurationError, match="get_tenant_db"):
+        async with serve(tenant_app(router)):
+            pass
+    await router.dispose()
+
+
+async def test_schema_strategy_needs_postgresql() -> None:
+    with pytest.raises(ConfigurationError, match="needs a PostgreSQL database"):
+        DatabaseRouter(
+            RouterSettings(
+                databases={"primary": {"url": "sqlite://"}}, tenancy={"strategy": "schema"}
+            )
+        )
