@@ -10,12 +10,14 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import String, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -609,3 +611,65 @@ async def test_schema_strategy_needs_postgresql() -> None:
                 databases={"primary": {"url": "sqlite://"}}, tenancy={"strategy": "schema"}
             )
         )
+
+
+async def test_the_connection_budget_holds_across_tenants(
+    postgres_admin_url: str, pg_url: str
+) -> None:
+    tenants = TENANTS[:6]
+    async with tenant_databases(postgres_admin_url, tenants) as databases:
+        names = [make_url(url).database for url in databases.urls.values()]
+        router = DatabaseRouter(
+            RouterSettings(
+                databases={"primary": {"url": pg_url, "pool_size": 1, "max_overflow": 0}},
+                max_connections=4,
+                tenancy={
+                    "url_template": databases.url_template,
+                    "pool_size": 2,
+                    "max_overflow": 0,
+                    "pool_timeout": 1,
+                },
+            )
+        )
+        peak = 0
+        sampling = True
+
+        async def sample() -> None:
+            nonlocal peak
+            watcher = await asyncpg.connect(postgres_admin_url)
+            try:
+                while sampling:
+                    count = await watcher.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1::text[])",
+                        [*names, make_url(pg_url).database],
+                    )
+                    peak = max(peak, int(count))
+                    await asyncio.sleep(0.005)
+            finally:
+                await watcher.close()
+
+        sampler = asyncio.create_task(sample())
+        statuses: Counter[int] = Counter()
+        async with serve(tenant_app(router)) as client:
+            for burst in range(3):
+                responses = await asyncio.gather(
+                    *(
+                        client.get(
+                            "/slow", headers=as_tenant(tenants[i % 6]), params={"seconds": 0.1}
+                        )
+                        for i in range(burst, burst + 30)
+                    )
+                )
+                statuses.update(response.status_code for response in responses)
+                assert router.open_connections is not None
+                assert router.open_connections <= 4
+            # Idle engines give their connections back to whoever needs one.
+            for tenant in tenants:
+                response = await client.get("/notes", headers=as_tenant(tenant))
+                assert response.status_code == 200, response.text
+        sampling = False
+        await sampler
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[200] >= 6
+    assert peak <= 4
+    assert router.open_connections == 0

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from .budget import ConnectionBudget
 from .context import tenant_context
 from .engines import SessionFactory
 from .errors import ConfigurationError, RouterClosedError
@@ -46,6 +47,11 @@ class DatabaseRouter:
     ) -> None:
         self._settings = settings
         self._registry = DatabaseRegistry(settings.databases)
+        self._budget = (
+            None
+            if settings.max_connections is None
+            else ConnectionBudget(settings.max_connections)
+        )
         self._tenancy = (
             None
             if settings.tenancy is None
@@ -55,8 +61,16 @@ class DatabaseRouter:
                 settings.default_database,
                 resolver=tenant_resolver,
                 catalog=tenant_catalog,
+                budget=self._budget,
             )
         )
+        if self._budget is not None:
+            for database in self._registry.values():
+                self._budget.instrument(
+                    database.engine, name=database.name, timeout=database.settings.pool_timeout
+                )
+            if self._tenancy is not None and self._tenancy.engines is not None:
+                self._budget.reclaim = self._tenancy.engines.reclaim_idle
 
     @classmethod
     def from_env(cls, **overrides: Any) -> DatabaseRouter:
@@ -84,6 +98,11 @@ class DatabaseRouter:
     def names(self) -> frozenset[str]:
         """The configured database names."""
         return frozenset(self._registry)
+
+    @property
+    def open_connections(self) -> int | None:
+        """Server connections open now when ``max_connections`` is set, else None."""
+        return None if self._budget is None else self._budget.open
 
     @property
     def closed(self) -> bool:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .budget import ConnectionBudget
 from .errors import ConfigurationError, UnknownTenantError
 from .registry import Database, DatabaseRegistry
 from .resolvers import HeaderTenantResolver, TenantResolver
@@ -30,6 +31,7 @@ class Tenancy:
         *,
         resolver: TenantResolver | None = None,
         catalog: TenantCatalog | None = None,
+        budget: ConnectionBudget | None = None,
     ) -> None:
         self.settings = settings
         self.resolver: TenantResolver = resolver or HeaderTenantResolver(settings.header)
@@ -46,7 +48,7 @@ class Tenancy:
                 )
             self.schemas = SchemaTenancy(holder, settings.schema_template)
         else:
-            self.engines = TenantEngines(settings)
+            self.engines = TenantEngines(settings, budget)
 
     async def identify(self, raw: object) -> tuple[str, TenantSettings]:
         """*raw* as a known tenant id, with the tenant's settings.

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from cachetools import TTLCache
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import QueuePool
 
+from .budget import ConnectionBudget
 from .engines import build_engine, build_sessionmaker
 from .errors import UnknownTenantError
 from .outages import as_unavailable
@@ -52,8 +55,10 @@ class TenantEngineCache(TTLCache[str, Database]):
 class TenantEngines:
     """The engines of the ``database`` strategy."""
 
-    def __init__(self, tenancy: TenancySettings) -> None:
+    def __init__(self, tenancy: TenancySettings, budget: ConnectionBudget | None = None) -> None:
         self._tenancy = tenancy
+        self._budget = budget
+        self._last_used: dict[str, float] = {}
         self._cache = TenantEngineCache(tenancy.max_engines, tenancy.engine_idle_ttl, self._retire)
         self._building: dict[str, asyncio.Future[Database]] = {}
         self._retiring: dict[asyncio.Task[None], Database] = {}
@@ -73,6 +78,7 @@ class TenantEngines:
         database = self._cache.get(tenant)
         if database is not None and not database.leases.retired:
             self._cache[tenant] = database  # idle time counts from the last use
+            self._last_used[tenant] = time.monotonic()
             return database
         pending = self._building.get(tenant)
         if pending is not None:
@@ -84,6 +90,19 @@ class TenantEngines:
         database = self._cache.pop(tenant, None)
         if database is not None:
             self._retire(database)
+
+    def reclaim_idle(self) -> bool:
+        """Evict the least recently used engine that holds idle connections and serves no
+        session, so that its connections close; False when there is none."""
+        idle = [
+            (self._last_used.get(tenant, 0.0), tenant)
+            for tenant, database in self.cached().items()
+            if database.leases.count == 0 and _idle_connections(database) > 0
+        ]
+        if not idle:
+            return False
+        self.evict(min(idle)[1])
+        return True
 
     async def close(self, timeout: float) -> None:
         """Evict every engine and wait (up to *timeout* seconds) until all are disposed."""
@@ -124,6 +143,7 @@ class TenantEngines:
         finally:
             del self._building[tenant]
         self._cache[tenant] = database
+        self._last_used[tenant] = time.monotonic()
         future.set_result(database)
         self._start_reaper()
         return database
@@ -149,6 +169,8 @@ class TenantEngines:
         )
         name = f"tenant:{tenant}"
         engine = build_engine(database_settings, name=name)
+        if self._budget is not None:
+            self._budget.instrument(engine, name=name, timeout=tenancy.pool_timeout)
         return Database(name, database_settings, engine, build_sessionmaker(engine))
 
     async def _verify(self, tenant: str, database: Database) -> None:
@@ -167,6 +189,7 @@ class TenantEngines:
             raise
 
     def _retire(self, database: Database) -> None:
+        self._last_used.pop(database.name.removeprefix("tenant:"), None)
         database.leases.retire()
         task = asyncio.get_running_loop().create_task(drain_and_dispose(database))
         self._retiring[task] = database
@@ -185,6 +208,11 @@ class TenantEngines:
         while True:
             await asyncio.sleep(interval)
             self._cache.expire()
+
+
+def _idle_connections(database: Database) -> int:
+    pool = database.engine.pool
+    return pool.checkedin() if isinstance(pool, QueuePool) else 0
 
 
 def _sqlstate(exc: BaseException) -> str | None:

@@ -1,0 +1,129 @@
+"""A cap on the server connections a process opens, across every engine it has.
+
+Each engine's pool bounds itself, but a process with many tenant engines can still open
+more connections than the server accepts. With ``max_connections`` set, every new
+server connection first takes a slot here and gives it back when it closes; at the cap a
+connection attempt waits (up to the pool timeout of its database) for a slot, asking the
+owner of idle connections to let some go, and otherwise fails as unavailable (HTTP 503) —
+so the server never has to answer "too many clients".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .errors import DatabaseUnavailableError
+from .urls import is_postgresql
+
+
+class ConnectionBudget:
+    """At most *limit* server connections open at once.
+
+    *reclaim* is called when a connection has to wait: it may close idle connections
+    elsewhere (by evicting an unused tenant engine) and returns whether it did.
+    """
+
+    def __init__(self, limit: int, reclaim: Callable[[], bool] | None = None) -> None:
+        self.limit = limit
+        self.reclaim = reclaim
+        self._open = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def open(self) -> int:
+        """Server connections open now, or being opened."""
+        return self._open
+
+    async def acquire(self, name: str, timeout: float) -> None:
+        """Take a slot for a new connection to database *name*, waiting up to *timeout*."""
+        if self._open < self.limit and not self._waiters:
+            self._open += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if self.reclaim is not None:
+            self.reclaim()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except asyncio.TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                return  # the slot arrived as time ran out: keep it
+            waiter.cancel()
+            raise DatabaseUnavailableError(
+                name, f"all {self.limit} connections of max_connections are in use"
+            ) from None
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed over, but nobody will use it
+            else:
+                waiter.cancel()
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def release(self) -> None:
+        """Give a slot back: to the longest waiter, or to the pool of free slots."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._open -= 1
+
+    def instrument(self, engine: AsyncEngine, *, name: str, timeout: float) -> None:
+        """Make every new asyncpg connection of *engine* take a slot and return it on close."""
+        if not (is_postgresql(engine.url) and engine.url.get_driver_name() == "asyncpg"):
+            return
+        event.listen(engine.sync_engine, "do_connect", self._connect_hook(name, timeout))
+
+    def _connect_hook(self, name: str, timeout: float) -> Callable[..., None]:
+        def on_connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+            opener = cparams.pop("async_creator_fn", None)
+            if opener is None:
+                import asyncpg
+
+                opener = asyncpg.connect
+            cparams["async_creator_fn"] = self._budgeted(opener, name, timeout)
+
+        return on_connect
+
+    def _budgeted(
+        self, opener: Callable[..., Any], name: str, timeout: float
+    ) -> Callable[..., Any]:
+        async def connect(*args: Any, **kwargs: Any) -> Any:
+            await self.acquire(name, timeout)
+            try:
+                connection = await opener(*args, **kwargs)
+            except BaseException:
+                self.release()
+                raise
+            slot = _Slot(self)
+            # Closed, terminated or lost: asyncpg tells its listeners; a connection only
+            # ever dropped by the garbage collector is caught by the finalizer.
+            connection.add_termination_listener(slot.give_back)
+            weakref.finalize(connection, slot.give_back)
+            return connection
+
+        return connect
+
+
+class _Slot:
+    """One connection's slot, given back exactly once."""
+
+    __slots__ = ("_budget",)
+
+    def __init__(self, budget: ConnectionBudget) -> None:
+        self._budget: ConnectionBudget | None = budget
+
+    def give_back(self, *_: object) -> None:
+        budget, self._budget = self._budget, None
+        if budget is not None:
+            budget.release()
