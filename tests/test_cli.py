@@ -42,3 +42,16 @@ def test_the_console_script_is_installed() -> None:
     )
     assert result.returncode == 0
     assert "check" in result.stdout
+
+
+def test_tenants_list(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DBROUTER_DATABASES__PRIMARY__URL", "sqlite://")
+    assert main(["tenants", "list"]) == 2
+    monkeypatch.setenv("DBROUTER_TENANCY__TENANTS__ACME__URL", "postgresql://a:secret@db/acme")
+    monkeypatch.setenv("DBROUTER_TENANCY__TENANTS__GLOBEX__URL", "postgresql://a:secret@db/globex")
+    capsys.readouterr()
+    assert main(["tenants", "list"]) == 0
+    output = capsys.readouterr().out
+    assert output.splitlines()[1].split() == ["acme", "postgresql+asyncpg://a:***@db/acme"]
+    assert "globex" in output
+    assert "secret" not in output

@@ -188,3 +188,11 @@ async def test_from_env(monkeypatch: pytest.MonkeyPatch, pg_url: str) -> None:
     async with router.session() as session:
         assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
     await router.dispose()
+
+
+async def test_the_router_is_an_async_context_manager(pg_url: str) -> None:
+    router = DatabaseRouter(RouterSettings(databases={"primary": {"url": pg_url}}))
+    async with router, router.session() as session:
+        assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+    assert router.closed
+    assert await server_connections(pg_url) == 0

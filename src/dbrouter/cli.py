@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 from .errors import DBRouterError
 from .router import DatabaseRouter
+from .settings import RouterSettings
+from .urls import render
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,8 +20,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="ping every configured database")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    tenants = commands.add_parser("tenants", help="tenants declared in configuration")
+    tenants.add_argument("action", choices=["list"])
     arguments = parser.parse_args(argv)
     try:
+        if arguments.command == "tenants":
+            return _list_tenants()
         return asyncio.run(_check(as_json=arguments.json))
     except DBRouterError as exc:
         print(f"dbrouter: {exc}", file=sys.stderr)
@@ -41,3 +47,20 @@ async def _check(*, as_json: bool) -> int:
             )
             print(f"{name:<20} {health.status:<5} {detail}")
     return 0 if report.ok else 1
+
+
+def _list_tenants() -> int:
+    settings = RouterSettings()
+    if settings.tenancy is None:
+        print("dbrouter: tenancy is not configured", file=sys.stderr)
+        return 2
+    tenancy = settings.tenancy
+    print(f"strategy: {tenancy.strategy}")
+    for tenant, tenant_settings in sorted(tenancy.tenants.items()):
+        where = render(tenant_settings.url) if tenant_settings.url else "(url template)"
+        if tenancy.strategy == "schema":
+            where = tenancy.schema_template.replace("{tenant}", tenant)
+        print(f"{tenant:<30} {where}")
+    if tenancy.url_template:
+        print("other tenants: any valid id whose database exists (url_template)")
+    return 0

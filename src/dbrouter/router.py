@@ -35,7 +35,8 @@ class DatabaseRouter:
     """Holds an engine and a sessionmaker per configured database and hands out sessions.
 
     Building a router does no I/O; engines connect on first use. `dispose` closes every
-    connection, after which every method raises `RouterClosedError`.
+    connection, after which every method raises `RouterClosedError`; ``async with router:``
+    disposes it at the end of the block.
     """
 
     def __init__(
@@ -88,6 +89,12 @@ class DatabaseRouter:
         if self._registry.closed:
             raise RouterClosedError()
         return self._tenancy
+
+    async def __aenter__(self) -> DatabaseRouter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.dispose()
 
     @property
     def settings(self) -> RouterSettings:
