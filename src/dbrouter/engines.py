@@ -5,19 +5,28 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool, StaticPool
 
+from .consistency import current_consistency
 from .settings import DatabaseSettings
 from .urls import is_postgresql, is_sqlite
 
 SessionFactory = async_sessionmaker[AsyncSession]
 """The sessionmaker type every database gets."""
+
+DATABASE_KEY = "dbrouter_database"
+"""The key of the database name in ``session.info``."""
+
+DATABASE_KEY = "dbrouter_database"
+"""The key of the database name in ``session.info``."""
 
 
 def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
@@ -61,13 +70,31 @@ def build_engine(settings: DatabaseSettings, *, name: str, **overrides: Any) -> 
     return create_async_engine(options.pop("url"), **options)
 
 
-def build_sessionmaker(engine: AsyncEngine) -> SessionFactory:
-    """The one session configuration dbrouter hands out.
+class RoutedSession(Session):
+    """The sessions dbrouter hands out; a commit is noted for read-your-writes."""
+
+
+@event.listens_for(RoutedSession, "after_commit")
+def _note_commit(session: Session) -> None:
+    record = current_consistency()
+    if record is not None:
+        record.written.add(session.info[DATABASE_KEY])
+
+
+def build_sessionmaker(engine: AsyncEngine, name: str) -> SessionFactory:
+    """The one session configuration dbrouter hands out, for the database *name*.
 
     ``expire_on_commit=False`` keeps ORM objects readable after commit, so a response
     model can read them without a lazy load (which would raise ``MissingGreenlet``).
     """
-    return async_sessionmaker(engine, class_=AsyncSession, autoflush=False, expire_on_commit=False)
+    return async_sessionmaker(
+        engine,
+        class_=AsyncSession,
+        sync_session_class=RoutedSession,
+        autoflush=False,
+        expire_on_commit=False,
+        info={DATABASE_KEY: name},
+    )
 
 
 def _unique_statement_name() -> str:

@@ -6,6 +6,7 @@ This is the only module that imports FastAPI; the rest of dbrouter takes plain v
 # No ``from __future__ import annotations``: FastAPI reads these annotations at runtime,
 # and the committing dependency refers to a local variable.
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Annotated, Any
 
@@ -15,8 +16,21 @@ from fastapi.dependencies.utils import get_dependant
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .consistency import (
+    TOKEN_COOKIE,
+    TOKEN_HEADER,
+    Mark,
+    RequestConsistency,
+    format_token,
+    merge,
+    parse_token,
+    reset_consistency,
+    set_consistency,
+)
 from .context import tenant_context
 from .errors import (
     ConfigurationError,
@@ -27,6 +41,8 @@ from .errors import (
 )
 from .resolvers import TenantRequest
 from .router import DatabaseRouter
+
+logger = logging.getLogger("dbrouter")
 
 STATE_KEY = "dbrouter"
 """The key of the router in the lifespan state (``request.state.dbrouter``)."""
@@ -202,7 +218,85 @@ def attach_router(router: DatabaseRouter, app: Any) -> dict[str, Any]:
     state = getattr(app, "state", None)
     if state is not None:
         setattr(state, STATE_KEY, router)
+    stack = getattr(app, "middleware_stack", None)
+    if isinstance(stack, ConsistencyMiddleware):
+        stack.router = router
+    elif router.replication is not None and stack is not None:
+        # The stack was built for this very lifespan call; wrapping it here is what lets
+        # FastAPI(lifespan=router.lifespan) alone carry tokens, with no middleware to add.
+        app.middleware_stack = ConsistencyMiddleware(stack, router)
     return {STATE_KEY: router}
+
+
+class ConsistencyMiddleware:
+    """Reads the client's consistency token and answers writes with a fresh one.
+
+    The token has to be in the response headers, and FastAPI has built the response by
+    the time a dependency's exit code runs; so it is added here, as the response starts.
+    """
+
+    def __init__(self, app: ASGIApp, router: DatabaseRouter) -> None:
+        self.app = app
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        record = RequestConsistency(required=_sent_marks(scope))
+        token = set_consistency(record)
+
+        async def send_with_token(message: Message) -> None:
+            if message["type"] == "http.response.start" and record.written:
+                await self._add_token(message, record)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_token)
+        finally:
+            reset_consistency(token)
+
+    async def _add_token(self, message: Message, record: RequestConsistency) -> None:
+        replication = self.router.replication
+        if replication is None:
+            return
+        try:
+            marks = await replication.positions(record.written)
+        except Exception:
+            logger.warning("dbrouter: no consistency token: the primary did not answer")
+            return
+        if not marks:
+            return
+        value = format_token(merge(record.required, marks))
+        headers = MutableHeaders(scope=message)
+        headers.append(TOKEN_HEADER, value)
+        headers.append(
+            "set-cookie",
+            f"{TOKEN_COOKIE}={value}; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax",
+        )
+
+
+def _sent_marks(scope: Scope) -> dict[str, Mark]:
+    headers = Headers(scope=scope)
+    raw = headers.get(TOKEN_HEADER)
+    if raw is None:
+        cookies = headers.get("cookie")
+        if not cookies or TOKEN_COOKIE not in cookies:
+            return {}
+        raw = next(
+            (
+                part.split("=", 1)[1]
+                for part in cookies.split(";")
+                if part.strip().startswith(f"{TOKEN_COOKIE}=")
+            ),
+            None,
+        )
+        if raw is None:
+            return {}
+    try:
+        return parse_token(raw)
+    except ValueError:
+        return {}  # a malformed token only costs the client its read-your-writes
 
 
 def _database_names(routes: Iterable[Any], overrides: dict[Any, Any]) -> Iterator[str | None]:

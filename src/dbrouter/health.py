@@ -13,6 +13,7 @@ from sqlalchemy.pool import QueuePool
 
 from .outages import outage_reason
 from .registry import Database
+from .replicas import ReplicaStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,8 @@ class DatabaseHealth:
     pool: PoolStats
     error: str | None = None
     """Why it is down, in words that hold no address or secret."""
+    replicas: tuple[ReplicaStatus, ...] = ()
+    """For a replica: every server under its name, in rotation or not, why, and its lag."""
 
 
 @dataclass(frozen=True, slots=True)

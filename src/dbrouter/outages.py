@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from sqlalchemy import exc as sa_exc
 
-from .errors import DatabaseUnavailableError
+from .errors import DatabaseUnavailableError, DBRouterError
 
 # SQLSTATE classes and codes that mean the server went away or will not take connections:
 # 08 connection exception, 57P01-57P03 admin/crash shutdown and "cannot connect now",
@@ -28,6 +28,8 @@ def outage_reason(exc: BaseException) -> str | None:
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return "the connection to the server was lost"
     for cause in _chain(exc):
+        if isinstance(cause, DBRouterError):
+            return None  # our own errors say what they mean
         if isinstance(cause, (TimeoutError, asyncio.TimeoutError)):
             return "connecting timed out"
         if isinstance(cause, ConnectionError):

@@ -45,7 +45,9 @@ class DatabaseRegistry(Mapping[str, Database]):
         self._databases: dict[str, Database] = {}
         for name, settings in databases.items():
             engine = build_engine(settings, name=name)
-            self._databases[name] = Database(name, settings, engine, build_sessionmaker(engine))
+            self._databases[name] = Database(
+                name, settings, engine, build_sessionmaker(engine, name)
+            )
         self._closed = False
 
     def __getitem__(self, name: str) -> Database:

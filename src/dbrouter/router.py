@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from .errors import ConfigurationError, RouterClosedError
 from .health import HealthReport, check_databases
 from .outages import as_unavailable
 from .registry import Database, DatabaseRegistry
+from .replication import Replication
 from .resolvers import TenantResolver
 from .settings import RouterSettings, TenantSettings
 from .tenancy import Tenancy
@@ -64,6 +66,11 @@ class DatabaseRouter:
                 catalog=tenant_catalog,
                 budget=self._budget,
             )
+        )
+        self._replication = (
+            Replication(self._registry)
+            if any(database.is_replica for database in self._registry.values())
+            else None
         )
         if self._budget is not None:
             for database in self._registry.values():
@@ -139,6 +146,15 @@ class DatabaseRouter:
         raises `DatabaseUnavailableError`.
         """
         database = self.database(name)
+        if database.is_replica and self._replication is not None:
+            route = await self._replication.groups[database.name].route()
+            if not route.database.leases.acquire():
+                raise RouterClosedError()
+            async with _lent(
+                route.database, route.sessionmaker, commit=commit, on_outage=route.report_outage
+            ) as session:
+                yield session
+            return
         if not database.leases.acquire():
             raise RouterClosedError()
         async with _lent(database, database.sessionmaker, commit=commit) as session:
@@ -183,15 +199,31 @@ class DatabaseRouter:
         self.tenancy.remove(tenant)
 
     async def check(self) -> HealthReport:
-        """Ping every database and report status, latency and pool figures."""
-        return await check_databases(self._registry[name] for name in self._registry)
+        """Ping every database and report status, latency and pool figures; for replicas
+        also whether each server is in rotation, why not, and its lag."""
+        report = await check_databases(self._registry[name] for name in self._registry)
+        if self._replication is not None:
+            for name, group in self._replication.groups.items():
+                report.databases[name] = dataclasses.replace(
+                    report.databases[name], replicas=group.status()
+                )
+        return report
+
+    @property
+    def replication(self) -> Replication | None:
+        """The replica groups, when any database is a replica."""
+        return self._replication
 
     async def dispose(self, *, timeout: float = 10.0) -> None:
         """Close every connection of every engine; the router cannot be used afterwards.
 
         Sessions already open may finish first, for up to *timeout* seconds.
         """
-        if self._tenancy is not None and not self._registry.closed:
+        if self._registry.closed:
+            return
+        if self._replication is not None:
+            await self._replication.close(timeout)
+        if self._tenancy is not None:
             await self._tenancy.close(timeout)
         await self._registry.dispose(timeout=timeout)
 
@@ -206,6 +238,8 @@ class DatabaseRouter:
         from .fastapi import attach_router
 
         state = attach_router(self, app)
+        if self._replication is not None:
+            self._replication.start()
         for name in sorted(self._registry):
             logger.info(
                 "dbrouter: database %r at %s", name, render(self.database(name).settings.url)
@@ -224,9 +258,16 @@ class DatabaseRouter:
 
 @asynccontextmanager
 async def _lent(
-    database: Database, make_session: Callable[[], AsyncSession], *, commit: bool
+    database: Database,
+    make_session: Callable[[], AsyncSession],
+    *,
+    commit: bool,
+    on_outage: Callable[[], None] | None = None,
 ) -> AsyncIterator[AsyncSession]:
-    """A session on *database*, whose lease the caller holds and this gives back."""
+    """A session on *database*, whose lease the caller holds and this gives back.
+
+    *on_outage* is told when the database turns out to be unreachable.
+    """
     try:
         async with make_session() as session:
             try:
@@ -236,6 +277,8 @@ async def _lent(
             except BaseException as exc:
                 await _rollback_quietly(session)
                 unavailable = as_unavailable(exc, database.name)
+                if unavailable is not None and on_outage is not None:
+                    on_outage()
                 if unavailable is not None and unavailable is not exc:
                     raise unavailable from exc
                 raise

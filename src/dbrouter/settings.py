@@ -37,6 +37,7 @@ from .urls import parse_url, render
 __all__ = [
     "DEFAULT_TENANT_ID_PATTERN",
     "DatabaseSettings",
+    "ReplicaHostSettings",
     "RouterSettings",
     "TenancySettings",
     "TenantSettings",
@@ -65,6 +66,15 @@ class _Model(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise _configuration_error(exc, type(self)) from None
+
+
+class ReplicaHostSettings(_Model):
+    """One more server answering under a replica's name."""
+
+    url: DatabaseURL
+    """Where this server is. A secret, like every URL."""
+    weight: int = Field(default=1, ge=1)
+    """Its share of reads under the ``weighted`` balancing policy."""
 
 
 class DatabaseSettings(_Model):
@@ -96,6 +106,18 @@ class DatabaseSettings(_Model):
     """Replicas: seconds of replay lag past which the replica leaves rotation."""
     fallback: Literal["primary", "error"] = "primary"
     """Replicas: where reads go when no replica is usable: the primary, or an error (503)."""
+    hosts: list[ReplicaHostSettings] = Field(default_factory=list)
+    """Replicas: more servers serving this name besides ``url``, as ``{"url", "weight"}``."""
+    weight: int = Field(default=1, ge=1)
+    """Replicas: the share of reads of ``url`` under the ``weighted`` policy."""
+    balance: Literal["round_robin", "least_busy", "weighted"] = "round_robin"
+    """Replicas: how a read picks among the servers in rotation."""
+    consistency_wait: float = Field(default=0.0, ge=0)
+    """Replicas: seconds a read carrying a consistency token may wait for a replica to
+    replay it before it goes to the primary instead (0: go at once)."""
+    consistency_window: float = Field(default=5.0, ge=0)
+    """Replicas of a database without WAL positions (SQLite): seconds after a write during
+    which the writing client reads from the primary."""
     pgbouncer: bool = False
     """The database is reached through PgBouncer in transaction mode (no prepared-statement
     cache, unique statement names)."""
@@ -267,6 +289,10 @@ class RouterSettings(BaseSettings):
         for name, database in self.databases.items():
             target = database.replica_of
             if target is None:
+                if database.hosts:
+                    raise _problem(
+                        f"databases.{name}.hosts", "only a replica (replica_of) may list hosts"
+                    )
                 continue
             if target not in names or target == name:
                 choices = _listing(names - {name})

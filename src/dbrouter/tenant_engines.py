@@ -171,7 +171,7 @@ class TenantEngines:
         engine = build_engine(database_settings, name=name)
         if self._budget is not None:
             self._budget.instrument(engine, name=name, timeout=tenancy.pool_timeout)
-        return Database(name, database_settings, engine, build_sessionmaker(engine))
+        return Database(name, database_settings, engine, build_sessionmaker(engine, name))
 
     async def _verify(self, tenant: str, database: Database) -> None:
         # A template tenant exists only if its database does; find out before a request

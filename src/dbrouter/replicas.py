@@ -1,0 +1,576 @@
+"""Read replicas: which replicas of a primary are fit to serve reads, and which one serves next.
+
+A `ReplicaSet` probes its replicas in the background. A replica leaves rotation when it
+cannot be reached, is no longer in recovery, or lags more than its ``max_lag``; it comes
+back when a later probe finds it healthy. `ReplicaSet.choose` picks a replica for one read
+from the last probe results, without any I/O.
+
+Positions in the write-ahead log (LSNs) are plain ints here; `parse_lsn` and `format_lsn`
+convert them from and to PostgreSQL's ``X/Y`` text form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Literal, TypeVar
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.pool import QueuePool
+
+from .outages import outage_reason
+
+if TYPE_CHECKING:
+    # Only for annotations: the registry's own imports may lead back here.
+    from .registry import Database
+
+__all__ = [
+    "ReplicaMember",
+    "ReplicaPolicy",
+    "ReplicaSet",
+    "ReplicaStatus",
+    "format_lsn",
+    "parse_lsn",
+]
+
+logger = logging.getLogger("dbrouter")
+
+ReplicaPolicy = Literal["round_robin", "least_busy", "weighted"]
+"""How `ReplicaSet.choose` spreads reads over the replicas in rotation."""
+
+_POLICIES: Final = ("round_robin", "least_busy", "weighted")
+_MAX_LSN: Final = (1 << 64) - 1
+# Each half of an LSN is a 32-bit number: at most 8 hex digits. Explicit ASCII ranges, so
+# no other Unicode digit, sign, space, underscore or "0x" prefix gets through.
+_LSN_PATTERN: Final = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+_LSN_MAX_CHARS: Final = 17
+# While a wait_for caller is waiting, rounds run back to back but never closer than this.
+_EARLY_ROUND_GAP: Final = 0.05
+# Primary positions remembered for measuring lag; the horizon keeps the list short anyway.
+_HISTORY_LIMIT: Final = 1024
+
+_PRIMARY_PROBE: Final = text("SELECT pg_current_wal_lsn()::text")
+_REPLICA_PROBE: Final = text(
+    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
+    "EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8"
+)
+
+
+def parse_lsn(value: str) -> int:
+    """The LSN written as *value* in PostgreSQL's ``X/Y`` form, as an int.
+
+    ``X`` and ``Y`` are the high and low 32 bits, each 1 to 8 hex digits. Anything else
+    (signs, spaces, ``0x``, underscores, non-ASCII digits, surrounding whitespace) is a
+    `ValueError`: the value may come from an HTTP client.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"an LSN must be a str, not {type(value).__name__}")
+    match = _LSN_PATTERN.fullmatch(value) if len(value) <= _LSN_MAX_CHARS else None
+    if match is None:
+        raise ValueError(
+            "an LSN must be two groups of 1 to 8 hex digits separated by '/', "
+            "such as '16/B374D848'"
+        )
+    high, low = match.groups()
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def format_lsn(lsn: int) -> str:
+    """*lsn* in PostgreSQL's ``X/Y`` form, as ``pg_lsn`` prints it (``16/B374D848``)."""
+    if isinstance(lsn, bool) or not isinstance(lsn, int):
+        raise TypeError(f"an LSN must be an int, not {type(lsn).__name__}")
+    if not 0 <= lsn <= _MAX_LSN:
+        raise ValueError(f"an LSN must be between 0 and 2**64 - 1, not {lsn}")
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+@dataclass(eq=False, slots=True)
+class ReplicaMember:
+    """One replica in a `ReplicaSet`: its database, its weight, and what the probe saw.
+
+    The state fields are maintained by the `ReplicaSet`; read them, do not assign them.
+    A new member is in rotation (the probe has not had its say yet) with its replay
+    position unknown, so it serves no read that needs a minimum LSN until probed.
+    """
+
+    database: Database
+    """The replica's database (engine, sessionmaker, leases)."""
+    weight: int = 1
+    """Its share of reads under the ``weighted`` policy (a positive int)."""
+    in_rotation: bool = field(default=True, init=False)
+    """Whether `ReplicaSet.choose` may pick it."""
+    reason: str | None = field(default=None, init=False)
+    """Why it is out of rotation: ``unreachable``, ``not in recovery``, ``lagging ...``."""
+    lag_seconds: float | None = field(default=None, init=False)
+    """How old, at most, the newest write it has not replayed is (None: never measured).
+
+    Kept as last measured while the primary cannot be reached.
+    """
+    lag_bytes: int | None = field(default=None, init=False)
+    """WAL bytes between the primary's position and its replay position."""
+    replay_lsn: int | None = field(default=None, init=False)
+    """The WAL position it had replayed at the last probe (None: not probed yet)."""
+    last_probe: float | None = field(default=None, init=False)
+    """When the last probe that reached a verdict started, on the set's clock."""
+    _current: int = field(default=0, init=False, repr=False)
+    _failures: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weight, bool) or not isinstance(self.weight, int) or self.weight < 1:
+            raise ValueError(f"weight must be a positive int, not {self.weight!r}")
+
+    @property
+    def name(self) -> str:
+        """The name of the replica's database."""
+        return self.database.name
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """A replica's state at one moment, for health output."""
+
+    name: str
+    in_rotation: bool
+    reason: str | None
+    """Why it is out of rotation; None while in rotation."""
+    lag_seconds: float | None
+    lag_bytes: int | None
+    replay_lsn: str | None
+    """The replayed position in ``X/Y`` form."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ReplicaReading:
+    in_recovery: bool
+    replay_lsn: int | None
+    replay_age: float | None
+    """Seconds since the commit time of the last transaction replayed."""
+
+
+_T = TypeVar("_T")
+
+
+class ReplicaSet:
+    """The replicas of one primary: their health, kept by a background probe, and the choice
+    of a replica for each read.
+
+    Every round (each ``health_check_interval``; the smallest among the members) asks the
+    primary for its WAL position and every replica, in parallel and each within its
+    ``connect_timeout``, whether it is in recovery and how far it has replayed. `start`
+    begins the rounds, `stop` ends them; the set is also an async context manager. Stop the
+    set before disposing the engines of its databases.
+    """
+
+    def __init__(
+        self,
+        primary: Database,
+        members: Sequence[ReplicaMember],
+        *,
+        policy: ReplicaPolicy = "round_robin",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if policy not in _POLICIES:
+            raise ValueError(f"unknown replica policy {policy!r}; choose one of {_POLICIES}")
+        if not members:
+            raise ValueError("a ReplicaSet needs at least one member")
+        names = [member.name for member in members]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"replica names must be unique; repeated: {duplicates}")
+        strangers = sorted(
+            member.name
+            for member in members
+            if member.database.settings.replica_of != primary.name
+        )
+        if strangers:
+            raise ValueError(f"{strangers} do not replicate {primary.name!r} (see replica_of)")
+        self._primary = primary
+        self._members = tuple(members)
+        self._policy: ReplicaPolicy = policy
+        self._clock = clock
+        self._interval = min(m.database.settings.health_check_interval for m in self._members)
+        max_lag = max(m.database.settings.max_lag for m in self._members)
+        self._horizon = 2 * max_lag + self._interval
+        # (lsn, first seen, last seen) of the primary's position, oldest first.
+        self._history: deque[tuple[int, float, float]] = deque(maxlen=_HISTORY_LIMIT)
+        self._primary_lsn: int | None = None
+        self._next = 0
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._round_done = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    # ---- configuration and state -----------------------------------------------------
+
+    @property
+    def primary(self) -> Database:
+        """The database the members replicate."""
+        return self._primary
+
+    @property
+    def members(self) -> tuple[ReplicaMember, ...]:
+        """The replicas, in the order given."""
+        return self._members
+
+    @property
+    def policy(self) -> ReplicaPolicy:
+        """How `choose` spreads reads."""
+        return self._policy
+
+    @property
+    def interval(self) -> float:
+        """Seconds between probe rounds."""
+        return self._interval
+
+    @property
+    def primary_lsn(self) -> int | None:
+        """The primary's WAL write position at the last round that reached it."""
+        return self._primary_lsn
+
+    @property
+    def running(self) -> bool:
+        """Whether the background probe is running."""
+        return self._task is not None and not self._stopped
+
+    def snapshot(self) -> tuple[ReplicaStatus, ...]:
+        """The state of every member now, in member order."""
+        return tuple(
+            ReplicaStatus(
+                name=member.name,
+                in_rotation=member.in_rotation,
+                reason=member.reason,
+                lag_seconds=member.lag_seconds,
+                lag_bytes=member.lag_bytes,
+                replay_lsn=None if member.replay_lsn is None else format_lsn(member.replay_lsn),
+            )
+            for member in self._members
+        )
+
+    # ---- choosing --------------------------------------------------------------------
+
+    def choose(self, min_lsn: int | None = None) -> ReplicaMember | None:
+        """A member in rotation for one read, by the set's policy; None when none qualifies.
+
+        With *min_lsn*, only a member whose last probed replay position is at least
+        *min_lsn* qualifies (an unknown position does not). No I/O; O(members).
+
+        ``least_busy`` counts the sessions open on each member (its database's leases:
+        sessions using a connection or waiting for one); ties go round-robin.
+        """
+        if self._policy == "weighted":
+            return self._choose_weighted(min_lsn)
+        members = self._members
+        count = len(members)
+        least_busy = self._policy == "least_busy"
+        best: ReplicaMember | None = None
+        best_index = 0
+        best_load = 0
+        index = self._next
+        for _ in range(count):
+            if index >= count:
+                index = 0
+            member = members[index]
+            if _qualifies(member, min_lsn):
+                if not least_busy:
+                    self._next = index + 1
+                    return member
+                load = member.database.leases.count
+                if best is None or load < best_load:
+                    best, best_index, best_load = member, index, load
+            index += 1
+        if best is not None:
+            self._next = best_index + 1
+        return best
+
+    def _choose_weighted(self, min_lsn: int | None) -> ReplicaMember | None:
+        # Smooth weighted round-robin (nginx): every qualifying member gains its weight,
+        # the richest is picked and pays the total. Picks interleave: 3:1 is a a b a.
+        total = 0
+        best: ReplicaMember | None = None
+        for member in self._members:
+            if not _qualifies(member, min_lsn):
+                continue
+            member._current += member.weight
+            total += member.weight
+            if best is None or member._current > best._current:
+                best = member
+        if best is not None:
+            best._current -= total
+        return best
+
+    async def wait_for(self, min_lsn: int, timeout: float) -> ReplicaMember | None:
+        """A member that has replayed *min_lsn*, waiting up to *timeout* seconds for one.
+
+        Decides on probe results only; while it waits, probe rounds run early (at most one
+        per 50 ms). None when no member qualifies in time. The set must be running.
+        """
+        member = self.choose(min_lsn)
+        if member is not None:
+            return member
+        if not self.running:
+            raise RuntimeError("the ReplicaSet is not running; call start() first")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.running:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            round_done = self._round_done
+            self._wake.set()
+            try:
+                await asyncio.wait_for(round_done.wait(), remaining)
+            except asyncio.TimeoutError:
+                return None
+            member = self.choose(min_lsn)
+            if member is not None:
+                return member
+        return None
+
+    def report_failure(self, member: ReplicaMember) -> None:
+        """Take *member* out of rotation now: a request on it found it unreachable.
+
+        It stays out until a probe round that starts after this call finds it healthy, so
+        no other request pays for trying it meanwhile.
+        """
+        if not any(member is known for known in self._members):
+            raise ValueError(f"{member.name!r} is not a member of this ReplicaSet")
+        member._failures += 1
+        self._put_out(member, "unreachable")
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background probe (needs a running event loop); again: no effect."""
+        if self._stopped:
+            raise RuntimeError("the ReplicaSet was stopped and cannot be started again")
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"dbrouter replica probe of {self._primary.name!r}"
+            )
+
+    async def stop(self) -> None:
+        """Stop the background probe and wait until it has; again: no effect."""
+        if self._stopped:
+            return
+        self._stopped = True
+        task, self._task = self._task, None
+        self._round_done.set()
+        if task is not None:
+            task.cancel()
+            # wait() leaves the task's own cancellation in the task; a cancellation of
+            # stop() itself still propagates.
+            await asyncio.wait((task,))
+
+    async def __aenter__(self) -> ReplicaSet:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            self._wake.clear()
+            try:
+                await self.probe()
+            except Exception:
+                logger.exception("dbrouter: replica probe round failed")
+            delay = self._interval - (loop.time() - started)
+            if delay > 0 and not self._wake.is_set():
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except asyncio.TimeoutError:
+                    continue
+            await asyncio.sleep(max(0.0, started + _EARLY_ROUND_GAP - loop.time()))
+
+    # ---- probing ---------------------------------------------------------------------
+
+    async def probe(self) -> None:
+        """Run one probe round now and apply its results (rounds never overlap).
+
+        The background probe calls this; call it yourself to measure before `start`, for
+        example before serving the first request. Refused once the set is stopped.
+        """
+        if self._stopped:
+            raise RuntimeError("the ReplicaSet was stopped; its engines may be disposed")
+        async with self._lock:
+            # A failure reported after this point is newer than anything this round sees.
+            failures = [member._failures for member in self._members]
+            now = self._clock()
+            primary, readings = await asyncio.gather(
+                _probe(self._primary, _read_primary),
+                asyncio.gather(*(_probe(m.database, _read_replica) for m in self._members)),
+            )
+            primary_lsn = primary if isinstance(primary, int) else None
+            if isinstance(primary, Exception):
+                logger.debug(
+                    "dbrouter: primary %r not probed", self._primary.name, exc_info=primary
+                )
+            if primary_lsn is not None:
+                self._remember_primary(primary_lsn, now)
+            for member, reading, seen_failures in zip(
+                self._members, readings, failures, strict=True
+            ):
+                self._apply(member, reading, now, primary_lsn, seen_failures)
+        round_done, self._round_done = self._round_done, asyncio.Event()
+        round_done.set()
+
+    def _remember_primary(self, lsn: int, now: float) -> None:
+        history = self._history
+        if history and lsn < history[-1][0]:
+            # The primary went back in time (restored or replaced): old positions mean nothing.
+            history.clear()
+        if history and history[-1][0] == lsn:
+            history[-1] = (lsn, history[-1][1], now)
+        else:
+            history.append((lsn, now, now))
+        while len(history) > 1 and history[0][2] < now - self._horizon:
+            history.popleft()
+        self._primary_lsn = lsn
+
+    def _apply(
+        self,
+        member: ReplicaMember,
+        reading: _ReplicaReading | Exception | None,
+        now: float,
+        primary_lsn: int | None,
+        seen_failures: int,
+    ) -> None:
+        if reading is None:
+            return
+        member.last_probe = now
+        if isinstance(reading, Exception):
+            outage = outage_reason(reading)
+            if outage is None:
+                # Not an outage, so likely a setup problem: say it once, with the traceback.
+                level = logging.WARNING if member.in_rotation else logging.DEBUG
+                logger.log(
+                    level, "dbrouter: probing replica %r failed", member.name, exc_info=reading
+                )
+            self._put_out(member, "unreachable" if outage else f"probe failed ({_kind(reading)})")
+            return
+        member.replay_lsn = reading.replay_lsn
+        if not reading.in_recovery:
+            self._put_out(member, "not in recovery")
+            return
+        if primary_lsn is not None:
+            self._measure_lag(member, reading, now, primary_lsn)
+        elif (
+            reading.replay_lsn is not None
+            and self._primary_lsn is not None
+            and reading.replay_lsn >= self._primary_lsn
+        ):
+            # Caught up with the last position the primary was seen at.
+            member.lag_seconds, member.lag_bytes = 0.0, 0
+        max_lag = member.database.settings.max_lag
+        lag = member.lag_seconds
+        if lag is not None and lag > max_lag:
+            # Rounded up, so that the reason never reads "lagging 30.0 s > max_lag 30.0 s".
+            shown = math.ceil(lag * 10) / 10
+            self._put_out(member, f"lagging {shown:.1f} s > max_lag {max_lag:.1f} s")
+        elif member._failures == seen_failures:
+            self._put_in(member)
+
+    def _measure_lag(
+        self, member: ReplicaMember, reading: _ReplicaReading, now: float, primary_lsn: int
+    ) -> None:
+        replay = reading.replay_lsn
+        if replay is None:
+            member.lag_seconds, member.lag_bytes = reading.replay_age, None
+            return
+        member.lag_bytes = max(0, primary_lsn - replay)
+        # The lag is how old the oldest write the replica misses is. Two upper bounds:
+        # the age of the last transaction it replayed (too high while the primary is idle:
+        # then nothing newer is missing), and the time since the primary was last seen at a
+        # position the replica has reached (0 when it has reached this round's position).
+        # A lower bound: the time since the primary was first seen beyond the replica.
+        upper = reading.replay_age
+        lower: float | None = None
+        for lsn, first_seen, last_seen in reversed(self._history):
+            if lsn <= replay:
+                upper = now - last_seen if upper is None else min(upper, now - last_seen)
+                break
+            lower = now - first_seen
+        if upper is None:
+            member.lag_seconds = lower
+        else:
+            member.lag_seconds = max(0.0, upper, lower or 0.0)
+
+    def _put_out(self, member: ReplicaMember, reason: str) -> None:
+        if member.in_rotation:
+            logger.warning("dbrouter: replica %r leaves rotation: %s", member.name, reason)
+        member.in_rotation = False
+        member.reason = reason
+
+    def _put_in(self, member: ReplicaMember) -> None:
+        if not member.in_rotation:
+            logger.info("dbrouter: replica %r is back in rotation", member.name)
+        member.in_rotation = True
+        member.reason = None
+
+
+def _qualifies(member: ReplicaMember, min_lsn: int | None) -> bool:
+    if not member.in_rotation:
+        return False
+    if min_lsn is None:
+        return True
+    replay = member.replay_lsn
+    return replay is not None and replay >= min_lsn
+
+
+async def _probe(
+    database: Database, read: Callable[[Database], Awaitable[_T]]
+) -> _T | Exception | None:
+    """*read*'s result on *database* within its connect timeout, or the error it raised;
+    None when the pool has no connection to spare."""
+    if _pool_exhausted(database):
+        # Every connection is serving requests: waiting for one would say nothing about
+        # the server, and timing out would take a busy replica out of rotation.
+        return None
+    try:
+        return await asyncio.wait_for(read(database), database.settings.connect_timeout)
+    except Exception as exc:  # every failure is a verdict; outage_reason sorts them
+        return exc
+
+
+def _pool_exhausted(database: Database) -> bool:
+    pool = database.engine.pool
+    if not isinstance(pool, QueuePool):
+        return False
+    return pool.checkedout() >= pool.size() + database.settings.max_overflow
+
+
+async def _read_primary(database: Database) -> int:
+    async with database.engine.connect() as connection:
+        return parse_lsn((await connection.execute(_PRIMARY_PROBE)).scalar_one())
+
+
+async def _read_replica(database: Database) -> _ReplicaReading:
+    async with database.engine.connect() as connection:
+        in_recovery, replay_lsn, replay_age = (await connection.execute(_REPLICA_PROBE)).one()
+    return _ReplicaReading(
+        in_recovery=bool(in_recovery),
+        replay_lsn=None if replay_lsn is None else parse_lsn(replay_lsn),
+        replay_age=None if replay_age is None else max(0.0, float(replay_age)),
+    )
+
+
+def _kind(exc: BaseException) -> str:
+    cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    return type(cause).__name__

@@ -1,0 +1,307 @@
+"""Replica sessions in an app, on a real primary and streaming standby: where reads land,
+read-only everywhere, failover and recovery, and read-your-writes with tokens."""
+
+# No ``from __future__ import annotations``: FastAPI resolves the endpoint annotations.
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+import pytest
+from fastapi import Depends, FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from dbrouter import DatabaseRouter, RouterSettings, get_db
+from dbrouter.consistency import TOKEN_COOKIE, TOKEN_HEADER, parse_token
+from dbrouter.readonly import ReadOnlySessionError
+from tests.conftest import serve
+from tests.replication import (
+    REPLICA_SETTINGS,
+    Replication,
+    eventually,
+    primary_and_standby_fixture,
+    replication_fixture,
+)
+
+__all__ = ["primary_and_standby_fixture", "replication_fixture"]
+
+Replica = Annotated[AsyncSession, Depends(get_db("replica"))]
+Write = Annotated[AsyncSession, Depends(get_db("primary", commit=True))]
+
+
+class Model(DeclarativeBase):
+    pass
+
+
+class Event(Model):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    payload: Mapped[str]
+
+
+def build(pair: Replication, **replica: Any) -> tuple[DatabaseRouter, FastAPI]:
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={
+                "primary": {"url": pair.primary_url, "connect_timeout": 2, "pool_timeout": 2},
+                "replica": {"url": pair.standby_url, **REPLICA_SETTINGS, **replica},
+            }
+        )
+    )
+    app = FastAPI(lifespan=router.lifespan)
+    app.include_router(router.health_router())
+
+    @app.get("/read")
+    async def read(db: Replica, payload: str = "") -> dict[str, Any]:
+        recovery = await db.scalar(text("SELECT pg_is_in_recovery()"))
+        found = await db.scalar(
+            text("SELECT count(*) FROM events WHERE payload = :p"), {"p": payload}
+        )
+        return {"standby": recovery, "found": found}
+
+    @app.post("/write")
+    async def write(db: Write, payload: str) -> str:
+        await db.execute(text("INSERT INTO events (payload) VALUES (:p)"), {"p": payload})
+        return "ok"
+
+    @app.post("/replica/raw")
+    async def raw_write(db: Replica, payload: str) -> str:
+        await db.execute(text("INSERT INTO events (payload) VALUES (:p)"), {"p": payload})
+        await db.commit()
+        return "wrote"
+
+    @app.post("/replica/orm")
+    async def orm_write(db: Replica, payload: str) -> str:
+        db.add(Event(payload=payload))
+        await db.commit()
+        return "wrote"
+
+    return router, app
+
+
+async def primary_count(pair: Replication, payload: str) -> int:
+    rows = await asyncio.to_thread(
+        pair.primary.query, f"SELECT count(*) FROM events WHERE payload = '{payload}'", "app"
+    )
+    return int(rows[0][0])
+
+
+async def test_reads_land_on_the_standby(replication: Replication) -> None:
+    _, app = build(replication)
+    async with serve(app) as client:
+        bodies = [(await client.get("/read")).json() for _ in range(5)]
+    assert all(body["standby"] is True for body in bodies)
+
+
+@pytest.mark.parametrize("path", ["/replica/raw", "/replica/orm"])
+async def test_writes_through_a_replica_fail_and_change_nothing(
+    replication: Replication, path: str
+) -> None:
+    _, app = build(replication)
+    async with serve(app, raise_app_exceptions=True) as client:
+        with pytest.raises(Exception, match="read-only") as caught:
+            await client.post(path, params={"payload": f"ro-{path[-3:]}"})
+    if path.endswith("orm"):
+        assert isinstance(caught.value, ReadOnlySessionError)
+    assert await primary_count(replication, f"ro-{path[-3:]}") == 0
+
+
+async def test_a_replica_session_that_falls_back_is_still_read_only(
+    replication: Replication,
+) -> None:
+    _, app = build(replication)
+    await asyncio.to_thread(replication.standby.stop, "immediate")
+    async with serve(app, raise_app_exceptions=True) as client:
+        await client.get("/read")  # may fail once: that is how the replica leaves rotation
+        assert (await client.get("/read")).json()["standby"] is False
+        with pytest.raises(Exception, match="read-only"):
+            await client.post("/replica/raw", params={"payload": "fallback-write"})
+    assert await primary_count(replication, "fallback-write") == 0
+
+
+async def test_read_your_writes_with_a_token(replication: Replication) -> None:
+    router, app = build(replication)
+    async with serve(app) as client:
+        await eventually(lambda: bool(router.replication), "replication ready")
+        await replication.pause_replay()
+        written = await client.post("/write", params={"payload": "ryw"})
+        assert written.status_code == 200
+        token = written.headers[TOKEN_HEADER]
+        assert set(parse_token(token)) == {"primary"}
+        assert f"{TOKEN_COOKIE}={token}" in written.headers["set-cookie"]
+        assert client.cookies[TOKEN_COOKIE] == token
+        client.cookies.clear()
+
+        without = (await client.get("/read", params={"payload": "ryw"})).json()
+        assert without == {"standby": True, "found": 0}  # replay is paused
+        with_token = await client.get(
+            "/read", params={"payload": "ryw"}, headers={TOKEN_HEADER: token}
+        )
+        assert with_token.json() == {"standby": False, "found": 1}
+        client.cookies.set(TOKEN_COOKIE, token)
+        assert (await client.get("/read", params={"payload": "ryw"})).json()["found"] == 1
+        client.cookies.clear()
+
+        await replication.resume_replay()
+        group = router.replication.groups["replica"]  # type: ignore[union-attr]
+        mark = parse_token(token)["primary"]
+        assert isinstance(mark, int)
+        await eventually(
+            lambda: group.replica_set.choose(mark) is not None,  # type: ignore[union-attr]
+            "the standby replays the write",
+        )
+        again = await client.get("/read", params={"payload": "ryw"}, headers={TOKEN_HEADER: token})
+        assert again.json() == {"standby": True, "found": 1}
+
+
+@pytest.mark.parametrize(
+    "token", ["garbage", "primary:zz/1", "primary:1/2,,", "x" * 5000, "primary:@abc", ""]
+)
+async def test_a_malformed_token_is_ignored(replication: Replication, token: str) -> None:
+    _, app = build(replication)
+    async with serve(app) as client:
+        response = await client.get("/read", headers={TOKEN_HEADER: token})
+    assert response.status_code == 200
+    assert response.json()["standby"] is True
+
+
+async def test_a_standby_that_goes_down_costs_at_most_one_request(
+    replication: Replication,
+) -> None:
+    router, app = build(replication)
+    statuses: Counter[int] = Counter()
+    served_by: Counter[bool] = Counter()
+    async with serve(app) as client:
+        for _ in range(5):
+            assert (await client.get("/read")).json()["standby"] is True
+        await asyncio.to_thread(replication.standby.stop, "immediate")
+        for _ in range(30):
+            response = await client.get("/read")
+            statuses[response.status_code] += 1
+            if response.status_code == 200:
+                served_by[response.json()["standby"]] += 1
+        assert statuses[503] <= 1, statuses
+        assert served_by == Counter({False: statuses[200]})
+
+        await asyncio.to_thread(replication.standby.start)
+        group = router.replication.groups["replica"]  # type: ignore[union-attr]
+        assert group.replica_set is not None
+        took = await eventually(
+            lambda: group.replica_set.members[0].in_rotation,  # type: ignore[union-attr]
+            "the standby comes back into rotation",
+        )
+        assert took < 10 * group.replica_set.interval + 2
+        assert (await client.get("/read")).json()["standby"] is True
+
+
+async def test_a_lagging_standby_leaves_rotation(replication: Replication) -> None:
+    router, app = build(replication, max_lag=0.5)
+    async with serve(app) as client:
+        await replication.pause_replay()
+        group = router.replication.groups["replica"]  # type: ignore[union-attr]
+        assert group.replica_set is not None
+        member = group.replica_set.members[0]
+
+        async def keep_writing() -> None:
+            while member.in_rotation:
+                await client.post("/write", params={"payload": "lag"})
+                await asyncio.sleep(0.05)
+
+        writer = asyncio.create_task(keep_writing())
+        await eventually(lambda: not member.in_rotation, "the standby leaves rotation")
+        await writer
+        assert member.reason is not None
+        assert member.reason.startswith("lagging")
+        assert (await client.get("/read")).json()["standby"] is False
+        health = (await client.get("/health/databases")).json()
+        status = health["databases"]["replica"]["replicas"][0]
+        assert status["in_rotation"] is False
+        assert status["lag_seconds"] > 0.5
+        assert status["lag_bytes"] > 0
+        await replication.resume_replay()
+        await eventually(lambda: member.in_rotation, "the standby catches up")
+
+
+async def test_fallback_error_answers_503(replication: Replication) -> None:
+    _, app = build(replication, fallback="error")
+    await asyncio.to_thread(replication.standby.stop, "immediate")
+    async with serve(app) as client:
+        statuses = [(await client.get("/read")).status_code for _ in range(3)]
+    assert statuses == [503, 503, 503]
+
+
+async def test_health_shows_every_replica(replication: Replication) -> None:
+    _, app = build(replication)
+    async with serve(app) as client:
+        await asyncio.sleep(0.5)
+        body = (await client.get("/health/databases")).json()
+    replica = body["databases"]["replica"]
+    assert replica["required"] is False
+    assert [status["name"] for status in replica["replicas"]] == ["replica"]
+    assert replica["replicas"][0]["in_rotation"] is True
+    assert replica["replicas"][0]["replay_lsn"]
+
+
+async def test_sqlite_time_window(tmp_path: Path) -> None:
+    primary = f"sqlite:///{tmp_path / 'primary.db'}"
+    stale = f"sqlite:///{tmp_path / 'stale.db'}"  # a "replica" that never sees writes
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={
+                "primary": {"url": primary},
+                "replica": {"url": stale, "replica_of": "primary", "consistency_window": 1.0},
+            }
+        )
+    )
+    for url in (primary, stale):
+        setup = DatabaseRouter(RouterSettings(databases={"primary": {"url": url}}))
+        async with setup, setup.session(commit=True) as session:
+            await session.execute(
+                text("CREATE TABLE events (id integer primary key, payload text)")
+            )
+    app = FastAPI(lifespan=router.lifespan)
+
+    @app.post("/write")
+    async def write(db: Write) -> str:
+        await db.execute(text("INSERT INTO events (payload) VALUES ('x')"))
+        return "ok"
+
+    @app.get("/count")
+    async def count(db: Replica) -> int:
+        return int(await db.scalar(text("SELECT count(*) FROM events")) or 0)
+
+    async with serve(app) as client:
+        token = (await client.post("/write")).headers[TOKEN_HEADER]
+        assert token.startswith("primary:@")
+        client.cookies.clear()
+        assert (await client.get("/count")).json() == 0
+        assert (await client.get("/count", headers={TOKEN_HEADER: token})).json() == 1
+        await asyncio.sleep(1.1)
+        assert (await client.get("/count", headers={TOKEN_HEADER: token})).json() == 0
+
+
+async def test_reads_spread_over_hosts(replication: Replication) -> None:
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={
+                "primary": {"url": replication.primary_url},
+                "replica": {
+                    "url": replication.standby_url,
+                    **REPLICA_SETTINGS,
+                    "hosts": [{"url": replication.standby_url, "weight": 3}],
+                    "balance": "weighted",
+                },
+            }
+        )
+    )
+    used: Counter[str] = Counter()
+    async with router:
+        for _ in range(8):
+            async with router.session("replica") as session:
+                assert await session.scalar(text("SELECT pg_is_in_recovery()")) is True
+                used[str(id(session.bind))] += 1
+    assert sorted(used.values()) == [2, 6]
