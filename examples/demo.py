@@ -1,12 +1,16 @@
 """A small notes service on two databases: writes go to ``primary``, lists to ``replica``.
+Tenants ``acme`` and ``globex`` keep notes of their own, each in a database of its own,
+under ``/tenant/notes`` with an ``X-Tenant-ID`` header.
 
 Run it with ``./scripts/demo`` (or ``python examples/demo.py --port 8000``). With no
-``DBROUTER_DATABASES__...`` variables set, both databases are SQLite files in ``.demo-data/``
-under the current directory. Set the variables to run the same app on PostgreSQL::
+``DBROUTER_DATABASES__...`` variables set, every database is a SQLite file in
+``.demo-data/`` under the current directory. Set the variables to run the same app on
+PostgreSQL; the tenants are then whatever ``DBROUTER_TENANCY__...`` declares, if anything::
 
     DBROUTER_DATABASES__PRIMARY__URL=postgresql://app:secret@localhost:5432/app
     DBROUTER_DATABASES__REPLICA__URL=postgresql://app:secret@localhost:5433/app
     DBROUTER_DATABASES__REPLICA__REPLICA_OF=primary
+    DBROUTER_TENANCY__TENANTS__ACME__URL=postgresql://app:secret@localhost:5432/acme
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from sqlalchemy import String, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dbrouter import DatabaseRouter, RouterSettings, get_db
+from dbrouter import DatabaseRouter, RouterSettings, get_db, get_tenant_db
 from dbrouter.models import Base, TimestampMixin
 
 DATA_DIR = Path(".demo-data")
+DEMO_TENANTS = ("acme", "globex")
 
 
 class Note(TimestampMixin, Base):
@@ -62,6 +67,10 @@ class NoteOut(BaseModel):
 Writer = Annotated[AsyncSession, Depends(get_db(commit=True))]
 Reader = Annotated[AsyncSession, Depends(get_db("replica"))]
 Primary = Annotated[AsyncSession, Depends(get_db())]
+# The same for tenants: the X-Tenant-ID header picks the database, the configuration says
+# where it is.
+TenantWriter = Annotated[AsyncSession, Depends(get_tenant_db(commit=True))]
+TenantReader = Annotated[AsyncSession, Depends(get_tenant_db())]
 
 notes = APIRouter(prefix="/notes", tags=["notes"])
 
@@ -94,46 +103,82 @@ async def get_note(note_id: int, db: Primary) -> Note:
     return note
 
 
+# The same `Note` model, in the database of the request's tenant.
+tenant_notes = APIRouter(prefix="/tenant/notes", tags=["tenant notes"])
+
+
+@tenant_notes.post("", status_code=201, response_model=NoteOut)
+async def create_tenant_note(body: NoteIn, db: TenantWriter) -> Note:
+    """Store a note for the tenant named by ``X-Tenant-ID``."""
+    note = Note(text=body.text)
+    db.add(note)
+    await db.flush()
+    return note
+
+
+@tenant_notes.get("", response_model=list[NoteOut])
+async def list_tenant_notes(
+    db: TenantReader, limit: Annotated[int, Query(ge=1, le=100)] = 20
+) -> Sequence[Note]:
+    """The newest notes of the tenant named by ``X-Tenant-ID``, and of no other."""
+    return (await db.scalars(select(Note).order_by(Note.id.desc()).limit(limit))).all()
+
+
 def configured_by_environment() -> bool:
     """Whether ``DBROUTER_DATABASES__...`` variables declare the databases."""
     return any(key.upper().startswith("DBROUTER_DATABASES") for key in os.environ)
 
 
 def demo_settings() -> RouterSettings:
-    """The databases from the environment if declared there, else two SQLite files."""
+    """The databases from the environment if declared there, else SQLite files: one for
+    the primary (and its replica), one per tenant."""
     if configured_by_environment():
         return RouterSettings()
     DATA_DIR.mkdir(exist_ok=True)
     path = (DATA_DIR / "notes.db").resolve()
+    tenants = {
+        tenant: {"url": f"sqlite:///{(DATA_DIR / f'tenant_{tenant}.db').resolve()}"}
+        for tenant in DEMO_TENANTS
+    }
     # SQLite has no replication, so the "replica" is the primary's own file. Declaring it
     # anyway keeps the endpoints exactly as they are on PostgreSQL.
     return RouterSettings(
         databases={
             "primary": {"url": f"sqlite:///{path}"},
             "replica": {"url": f"sqlite:///{path}", "replica_of": "primary"},
-        }
+        },
+        tenancy={"strategy": "database", "tenants": tenants},
     )
 
 
 def build_app(settings: RouterSettings | None = None) -> FastAPI:
     """The demo app on *settings* (default: `demo_settings`)."""
     router = DatabaseRouter(settings if settings is not None else demo_settings())
+    tenancy = router.settings.tenancy
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with router.lifespan(app) as state:
-            # A real service runs migrations instead; the demo creates its one table.
+            # A real service runs migrations instead; the demo creates its one table, on
+            # the primary and in the database of every tenant declared up front.
             async with router.engine("primary").begin() as connection:
                 await connection.run_sync(Base.metadata.create_all)
+            for tenant in tenancy.tenants if tenancy else ():
+                async with router.tenant_session(tenant, commit=True) as session:
+                    connection = await session.connection()
+                    await connection.run_sync(Base.metadata.create_all)
             yield state
 
     app = FastAPI(title="dbrouter demo", lifespan=lifespan)
     app.include_router(notes)
+    if tenancy is not None:
+        app.include_router(tenant_notes)
     app.include_router(router.health_router())
     return app
 
 
-app = build_app()
+settings = demo_settings()
+app = build_app(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -151,16 +196,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         where = "the databases declared by the DBROUTER_* variables"
     else:
         where = f"SQLite files in {DATA_DIR.resolve()}"
-    print(
-        f"dbrouter demo on {base} (API docs: {base}/docs), using {where}.\n"
-        "Try:\n"
-        f"  curl -X POST {base}/notes -H 'Content-Type: application/json' "
-        """-d '{"text": "hello"}'\n"""
-        f"  curl {base}/notes\n"
-        f"  curl {base}/notes/1\n"
-        f"  curl {base}/health/databases\n",
-        flush=True,
-    )
+    as_json = "-H 'Content-Type: application/json'"
+    lines = [
+        f"dbrouter demo on {base} (API docs: {base}/docs), using {where}.",
+        "Try:",
+        f"""  curl -X POST {base}/notes {as_json} -d '{{"text": "hello"}}'""",
+        f"  curl {base}/notes",
+        f"  curl {base}/notes/1",
+        f"  curl {base}/health/databases",
+    ]
+    if settings.tenancy is not None:
+        tenants = sorted(settings.tenancy.tenants)[:2] or ["acme"]
+        lines.append(
+            f"  curl -X POST {base}/tenant/notes -H 'X-Tenant-ID: {tenants[0]}' {as_json} "
+            f"""-d '{{"text": "for {tenants[0]} only"}}'"""
+        )
+        lines += [f"  curl {base}/tenant/notes -H 'X-Tenant-ID: {t}'" for t in tenants]
+    print("\n".join(lines) + "\n", flush=True)
     uvicorn.run(app, host="127.0.0.1", port=port)
 
 

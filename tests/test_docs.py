@@ -45,6 +45,7 @@ from dbrouter import (
     DatabaseRouter,
     DatabaseSettings,
     DBRouterError,
+    ReplicaHostSettings,
     RouterSettings,
     TenancySettings,
     TenantSettings,
@@ -55,6 +56,7 @@ SETTINGS_SOURCE = ROOT / "src" / "dbrouter" / "settings.py"
 SETTINGS_MODELS: list[type[BaseModel]] = [
     RouterSettings,
     DatabaseSettings,
+    ReplicaHostSettings,
     TenancySettings,
     TenantSettings,
 ]
@@ -221,16 +223,20 @@ def run_block(block: CodeBlock) -> None:
 
 async def finish_block(result: Any, namespace: dict[str, Any]) -> None:
     """Await a block's top-level code, start and stop its app, dispose its routers."""
-    routers = [value for value in namespace.values() if isinstance(value, DatabaseRouter)]
+
+    def routers() -> list[DatabaseRouter]:
+        # Looked up when needed: top-level await may create routers as the block runs.
+        return [value for value in namespace.values() if isinstance(value, DatabaseRouter)]
+
     try:
         if inspect.iscoroutine(result):
             await result
         app = namespace.get("app")
-        if isinstance(app, FastAPI) and not any(router.closed for router in routers):
+        if isinstance(app, FastAPI) and not any(router.closed for router in routers()):
             async with LifespanManager(app):
                 pass
     finally:
-        for router in routers:
+        for router in routers():
             await router.dispose()
 
 

@@ -1,5 +1,5 @@
-"""The demo app (examples/demo.py): in-process on SQLite and on PostgreSQL, and served over
-HTTP by ``scripts/demo`` the way a newcomer starts it."""
+"""The demo app (examples/demo.py): in-process on SQLite and on PostgreSQL, its tenants
+included, and served over HTTP by ``scripts/demo`` the way a newcomer starts it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from examples.demo import build_app
 
 from dbrouter import ConfigurationError, RouterSettings
-from tests.conftest import serve
+from tests.conftest import fresh_database, serve
 from tests.support.postgres import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +31,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-async def exercise(app: object) -> None:
-    """Create a note, read it back from both databases, and check the health endpoint."""
+async def exercise(app: object, *, tenants: tuple[str, str] | None = None) -> None:
+    """Create a note, read it back from both databases, and check the health endpoint;
+    then, with *tenants*, check that each of the two sees its own notes only."""
     async with serve(app) as client:
         created = await client.post("/notes", json={"text": "hello"})
         assert created.status_code == 201, created.text
@@ -60,10 +61,52 @@ async def exercise(app: object) -> None:
             "replica": "up",
         }
 
+        if tenants is None:
+            paths = (await client.get("/openapi.json")).json()["paths"]
+            assert "/tenant/notes" not in paths, "no tenancy configured, no tenant routes"
+        else:
+            await exercise_tenants(client, tenants)
+
+
+async def exercise_tenants(client: httpx.AsyncClient, tenants: tuple[str, str]) -> None:
+    """Each tenant reads back what it wrote, and nothing of the other tenant or the primary."""
+    for tenant in tenants:
+        created = await client.post(
+            "/tenant/notes", json={"text": f"for {tenant}"}, headers=as_tenant(tenant)
+        )
+        assert created.status_code == 201, created.text
+        assert created.json()["text"] == f"for {tenant}"
+    for tenant in tenants:
+        listed = await client.get("/tenant/notes", headers=as_tenant(tenant))
+        assert listed.status_code == 200, listed.text
+        assert [note["text"] for note in listed.json()] == [f"for {tenant}"]
+
+    missing = await client.get("/tenant/notes")
+    assert (missing.status_code, missing.json()) == (400, {"detail": "missing tenant id"})
+    malformed = await client.get("/tenant/notes", headers=as_tenant("Acme Corp"))
+    assert (malformed.status_code, malformed.json()) == (400, {"detail": "invalid tenant id"})
+    unknown = await client.get("/tenant/notes", headers=as_tenant("initech"))
+    assert (unknown.status_code, unknown.json()) == (404, {"detail": "unknown tenant"})
+    refused = await client.post(
+        "/tenant/notes", json={"text": "lost"}, headers=as_tenant("initech")
+    )
+    assert refused.status_code == 404
+    for response in (missing, malformed, unknown, refused):
+        assert not any(tenant in response.text for tenant in tenants)
+
+
+def as_tenant(tenant: str) -> dict[str, str]:
+    return {"X-Tenant-ID": tenant}
+
 
 async def test_demo_on_sqlite_by_default(tmp_path: Path) -> None:
-    await exercise(build_app())
-    assert (tmp_path / ".demo-data" / "notes.db").is_file()
+    await exercise(build_app(), tenants=("acme", "globex"))
+    data = tmp_path / ".demo-data"
+    assert {path.name for path in data.iterdir()} == {
+        "notes.db",
+        "tenant_acme.db",
+        "tenant_globex.db",
+    }
 
 
 async def test_demo_on_postgresql_from_environment(
@@ -73,6 +116,23 @@ async def test_demo_on_postgresql_from_environment(
     monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__URL", pg_url)
     monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__REPLICA_OF", "primary")
     await exercise(build_app())
+    assert not (tmp_path / ".demo-data").exists()
+
+
+async def test_demo_tenants_on_postgresql_from_environment(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    postgres_admin_url: str,
+    pg_url: str,
+    pg_url_2: str,
+) -> None:
+    monkeypatch.setenv("DBROUTER_DATABASES__PRIMARY__URL", pg_url)
+    monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__URL", pg_url)
+    monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__REPLICA_OF", "primary")
+    async with fresh_database(postgres_admin_url) as other_url:
+        monkeypatch.setenv("DBROUTER_TENANCY__TENANTS__UMBRELLA__URL", pg_url_2)
+        monkeypatch.setenv("DBROUTER_TENANCY__TENANTS__HOOLI__URL", other_url)
+        await exercise(build_app(), tenants=("hooli", "umbrella"))
     assert not (tmp_path / ".demo-data").exists()
 
 
@@ -115,15 +175,24 @@ def test_scripts_demo_serves_over_http(tmp_path: Path) -> None:
         created = httpx.post(f"{base}/notes", json={"text": "over HTTP"}, timeout=10)
         assert created.status_code == 201, created.text
         assert created.json() in httpx.get(f"{base}/notes", timeout=10).json()
+        acme, globex = as_tenant("acme"), as_tenant("globex")
+        mine = httpx.post(
+            f"{base}/tenant/notes", json={"text": "acme's"}, headers=acme, timeout=10
+        )
+        assert mine.status_code == 201, mine.text
+        assert httpx.get(f"{base}/tenant/notes", headers=acme, timeout=10).json() == [mine.json()]
+        assert httpx.get(f"{base}/tenant/notes", headers=globex, timeout=10).json() == []
     finally:
         process.terminate()
         returncode = process.wait(timeout=30)
     output = log.read_text()
     assert f"curl {base}/health/databases" in output
+    assert f"curl {base}/tenant/notes -H 'X-Tenant-ID: acme'" in output
     # uvicorn shuts down cleanly, then re-raises the signal it caught.
     assert returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output
     assert (tmp_path / ".demo-data" / "notes.db").is_file()
+    assert (tmp_path / ".demo-data" / "tenant_acme.db").is_file()
 
 
 def wait_until_healthy(

@@ -380,7 +380,7 @@ def test_arbitrary_ids_are_valid_or_rejected_without_io(raw: str) -> None:
     directory = router.tenancy.directory
     valid = (
         bool(raw)
-        and len(raw) <= 63
+        and len(raw) <= 63 - len("tenant_")
         and set(raw) <= set(string.ascii_lowercase + string.digits + "_-")
         and raw[0] not in "_-"
         and raw not in ("public", "information_schema", "postgres", "template0", "template1")
@@ -673,3 +673,55 @@ async def test_the_connection_budget_holds_across_tenants(
     assert statuses[200] >= 6
     assert peak <= 4
     assert router.open_connections == 0
+
+
+@pytest.mark.parametrize(
+    ("tenancy", "longest"),
+    [
+        ({"url_template": "postgresql://app:pw@db/tenant_{tenant}"}, 56),
+        ({"url_template": "postgresql://app:pw@db/{tenant}"}, 63),
+        ({"strategy": "schema", "schema_template": "org_{tenant}_data"}, 54),
+    ],
+)
+def test_ids_that_postgresql_would_truncate_are_rejected(
+    tenancy: dict[str, Any], longest: int
+) -> None:
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={"primary": {"url": "postgresql://app:pw@db/app"}}, tenancy=tenancy
+        )
+    )
+    directory = router.tenancy.directory
+    assert directory.validate("a" * longest) == "a" * longest
+    # Two ids that agree on their first 63 bytes would name one database or schema.
+    with pytest.raises(TenantResolutionError, match=r"too long|malformed"):
+        directory.validate("a" * (longest + 1))
+
+
+def test_a_loosened_pattern_still_keeps_ids_to_safe_characters() -> None:
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={"primary": {"url": "sqlite://"}},
+            tenancy={
+                "id_pattern": "^.+$",
+                "url_template": "postgresql://app:pw@db/tenant_{tenant}",
+            },
+        )
+    )
+    directory = router.tenancy.directory
+    for bad in ("x?host=evil.example", 'x"y', "x y", "X"):
+        with pytest.raises(TenantResolutionError):
+            directory.validate(bad)
+    with pytest.raises(ConfigurationError, match="not a valid tenant id"):
+        RouterSettings(
+            databases={"primary": {"url": "sqlite://"}},
+            tenancy={"id_pattern": "^.+$", "tenants": {"a.b": {}}},
+        )
+
+
+def test_a_sqlite_url_template_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="SQLite would create a new file"):
+        RouterSettings(
+            databases={"primary": {"url": "sqlite://"}},
+            tenancy={"url_template": "sqlite:///./tenant_{tenant}.db"},
+        )

@@ -26,7 +26,13 @@ from .resolvers import (
     TenantResolver,
 )
 from .router import DatabaseRouter
-from .settings import DatabaseSettings, RouterSettings, TenancySettings, TenantSettings
+from .settings import (
+    DatabaseSettings,
+    ReplicaHostSettings,
+    RouterSettings,
+    TenancySettings,
+    TenantSettings,
+)
 from .tenants import TenantCatalog
 
 __all__ = [
@@ -42,6 +48,7 @@ __all__ = [
     "HealthReport",
     "PathTenantResolver",
     "PoolStats",
+    "ReplicaHostSettings",
     "RouterClosedError",
     "RouterSettings",
     "SubdomainTenantResolver",

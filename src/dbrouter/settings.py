@@ -54,6 +54,9 @@ DatabaseURL = Annotated[
 DEFAULT_TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$")
 _TEMPLATE_PROBE = "dbroutertenantprobe"
+_MAX_IDENTIFIER = 63
+_SAFE_TENANT_ID = re.compile(r"[a-z0-9_-]+")
+"""Whatever ``id_pattern`` says, an id never holds anything else: it goes into names."""
 
 
 class _Model(BaseModel):
@@ -143,7 +146,9 @@ class TenancySettings(_Model):
     header: str = "X-Tenant-ID"
     """The request header that carries the tenant id."""
     id_pattern: str = DEFAULT_TENANT_ID_PATTERN
-    """A tenant id must match this regular expression; checked before anything else."""
+    """A tenant id must match this regular expression; checked before anything else. It can
+    only narrow the default: lowercase letters, digits, ``_`` and ``-`` are all an id may
+    ever hold, and the database or schema name it makes must fit in 63 bytes."""
     url_template: str | None = None
     """``database`` strategy: URL of a tenant's database, with ``{tenant}`` in the database
     name, for tenants not listed under ``tenants``."""
@@ -184,6 +189,11 @@ class TenancySettings(_Model):
         if value.count("{tenant}") != 1:
             raise ConfigurationError("must contain {tenant} exactly once, in the database name")
         url = parse_url(value.replace("{tenant}", _TEMPLATE_PROBE))
+        if url.get_backend_name() == "sqlite":
+            raise ConfigurationError(
+                "must name a database server such as PostgreSQL: SQLite would create a new "
+                "file for every well-formed id; declare SQLite tenants under tenancy.tenants"
+            )
         outside = render(url.set(database="")).replace("***", "")
         if _TEMPLATE_PROBE not in (url.database or "") or _TEMPLATE_PROBE in outside:
             raise ConfigurationError(
@@ -203,11 +213,23 @@ class TenancySettings(_Model):
             )
         return value
 
+    def max_id_length(self) -> int:
+        """The longest tenant id whose database or schema name PostgreSQL keeps whole.
+
+        PostgreSQL cuts names at 63 bytes: two longer ids that agree on their first 63
+        bytes would name the same database or schema.
+        """
+        fixed = len(self.schema_template) - len("{tenant}")
+        if self.strategy == "database" and self.url_template is not None:
+            probe = parse_url(self.url_template.replace("{tenant}", _TEMPLATE_PROBE))
+            fixed = len(probe.database or "") - len(_TEMPLATE_PROBE)
+        return _MAX_IDENTIFIER - fixed
+
     @model_validator(mode="after")
     def _tenant_ids_are_valid(self) -> TenancySettings:
         pattern = re.compile(self.id_pattern)
         for tenant in self.tenants:
-            if not pattern.fullmatch(tenant):
+            if not pattern.fullmatch(tenant) or not _SAFE_TENANT_ID.fullmatch(tenant):
                 raise _problem(
                     "tenants",
                     f"{tenant!r} is not a valid tenant id (must match {self.id_pattern})",

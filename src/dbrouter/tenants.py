@@ -22,6 +22,8 @@ returns its settings, or None when there is no such tenant."""
 
 _RESERVED = frozenset({"public", "information_schema", "postgres", "template0", "template1"})
 _SHOWN_LENGTH = 40
+# The characters an id may hold whatever id_pattern allows: it ends up in names and URLs.
+_SAFE = re.compile(r"[a-z0-9_-]+")
 
 
 def is_reserved(tenant: str) -> bool:
@@ -47,6 +49,7 @@ class TenantDirectory:
         catalog_size: int = 10_000,
     ) -> None:
         self._pattern = re.compile(tenancy.id_pattern)
+        self._max_length = tenancy.max_id_length()
         self._static: dict[str, TenantSettings] = dict(tenancy.tenants)
         self._catalog = catalog
         self._answers: TTLCache[str, TenantSettings | None] = TTLCache(catalog_size, catalog_ttl)
@@ -56,9 +59,18 @@ class TenantDirectory:
         """*raw* as a tenant id, or `TenantResolutionError` saying why it is not one."""
         if raw is None:
             raise TenantResolutionError("no tenant id in the request")
-        if not isinstance(raw, str) or not self._pattern.fullmatch(raw):
+        if (
+            not isinstance(raw, str)
+            or not self._pattern.fullmatch(raw)
+            or not _SAFE.fullmatch(raw)
+        ):
             raise TenantResolutionError(
                 f"malformed tenant id {_shown(raw)}: it must match {self._pattern.pattern}"
+            )
+        if len(raw) > self._max_length:
+            raise TenantResolutionError(
+                f"tenant id {_shown(raw)} is too long: its database or schema name would "
+                f"pass PostgreSQL's 63 bytes (at most {self._max_length} characters here)"
             )
         if is_reserved(raw):
             raise TenantResolutionError(f"tenant id {raw!r} is a reserved name")
