@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from .consistency import Mark, current_consistency
 from .engines import SessionFactory, build_engine
 from .errors import DatabaseUnavailableError
+from .lending import Route
 from .readonly import read_only_sessionmaker
 from .registry import Database, DatabaseRegistry, drain_and_dispose
 from .replicas import ReplicaMember, ReplicaSet, ReplicaStatus, parse_lsn
@@ -104,6 +105,11 @@ class ReplicaGroup:
             # A replica behind the client's own write is not an outage: the primary has it.
             return self._on_primary()
         raise DatabaseUnavailableError(self.name, "no replica is in rotation")
+
+    async def lend_route(self) -> Route:
+        """`route` in the form `LentSession` takes."""
+        route = await self.route()
+        return route.database, route.sessionmaker, route.report_outage
 
     def _on_primary(self) -> ReplicaRoute:
         return ReplicaRoute(self.primary, self.read_only(self.primary))

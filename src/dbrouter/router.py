@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,7 @@ from .context import tenant_context
 from .engines import SessionFactory
 from .errors import ConfigurationError, RouterClosedError
 from .health import HealthReport, check_databases
-from .outages import as_unavailable
+from .lending import LentSession
 from .registry import Database, DatabaseRegistry
 from .replication import Replication
 from .resolvers import TenantResolver
@@ -135,30 +135,20 @@ class DatabaseRouter:
         """The sessionmaker of database *name*."""
         return self.database(name).sessionmaker
 
-    @asynccontextmanager
-    async def session(
-        self, name: str | None = None, *, commit: bool = False
-    ) -> AsyncIterator[AsyncSession]:
-        """A session on database *name* for code outside requests (workers, scripts).
+    def session(self, name: str | None = None, *, commit: bool = False) -> LentSession:
+        """``async with router.session(name) as session:`` — a session on database *name*
+        for code outside requests (workers, scripts).
 
         Rolls back if the block raises and always closes. With ``commit=True`` it commits
         when the block ends without an error. An unreachable database or an exhausted pool
-        raises `DatabaseUnavailableError`.
+        raises `DatabaseUnavailableError`. A replica's session is read-only and goes to a
+        server the replica routing picks.
         """
         database = self.database(name)
         if database.is_replica and self._replication is not None:
-            route = await self._replication.groups[database.name].route()
-            if not route.database.leases.acquire():
-                raise RouterClosedError()
-            async with _lent(
-                route.database, route.sessionmaker, commit=commit, on_outage=route.report_outage
-            ) as session:
-                yield session
-            return
-        if not database.leases.acquire():
-            raise RouterClosedError()
-        async with _lent(database, database.sessionmaker, commit=commit) as session:
-            yield session
+            group = self._replication.groups[database.name]
+            return LentSession(None, commit=commit, route=group.lend_route)
+        return LentSession(database, database.sessionmaker, commit=commit)
 
     @asynccontextmanager
     async def tenant_session(
@@ -170,15 +160,19 @@ class DatabaseRouter:
         tenant raises `UnknownTenantError`, and `current_tenant()` is *tenant* inside.
         """
         tenancy = self.tenancy
-        for _ in range(_ROUTE_ATTEMPTS):
+        for attempt in range(_ROUTE_ATTEMPTS):
             database, make_session = await tenancy.route(tenant)
-            # No await between routing and the lease: an eviction cannot slip in between.
-            if database.leases.acquire():
-                break
-        else:
-            raise RouterClosedError()
+            lent = LentSession(database, make_session, commit=commit)
+            try:
+                # No await between routing and the lease: an eviction cannot slip in.
+                session = await lent.__aenter__()
+            except RouterClosedError:
+                if attempt + 1 == _ROUTE_ATTEMPTS:
+                    raise
+                continue  # evicted between routing and the lease: route again
+            break
         with tenant_context(tenant):
-            async with _lent(database, make_session, commit=commit) as session:
+            async with _entered(lent, session):
                 yield session
 
     def add_tenant(
@@ -257,39 +251,11 @@ class DatabaseRouter:
 
 
 @asynccontextmanager
-async def _lent(
-    database: Database,
-    make_session: Callable[[], AsyncSession],
-    *,
-    commit: bool,
-    on_outage: Callable[[], None] | None = None,
-) -> AsyncIterator[AsyncSession]:
-    """A session on *database*, whose lease the caller holds and this gives back.
-
-    *on_outage* is told when the database turns out to be unreachable.
-    """
+async def _entered(lent: LentSession, session: AsyncSession) -> AsyncIterator[AsyncSession]:
+    """Leave *lent*, already entered, when the block ends."""
     try:
-        async with make_session() as session:
-            try:
-                yield session
-                if commit:
-                    await session.commit()
-            except BaseException as exc:
-                await _rollback_quietly(session)
-                unavailable = as_unavailable(exc, database.name)
-                if unavailable is not None and on_outage is not None:
-                    on_outage()
-                if unavailable is not None and unavailable is not exc:
-                    raise unavailable from exc
-                raise
-    finally:
-        database.leases.release()
-
-
-async def _rollback_quietly(session: AsyncSession) -> None:
-    # A rollback on a broken connection fails too; the original error is the one to raise,
-    # and closing the session invalidates the connection anyway.
-    try:
-        await session.rollback()
-    except Exception:
-        logger.debug("dbrouter: rollback failed after an error", exc_info=True)
+        yield session
+    except BaseException as exc:
+        await lent.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    await lent.__aexit__(None, None, None)

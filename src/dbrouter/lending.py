@@ -1,0 +1,110 @@
+"""Lending a session on a database: the lease, the rollback, the commit, the close.
+
+A plain async context manager rather than a generator-based one: it sits on the path of
+every request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .errors import RouterClosedError
+from .outages import as_unavailable
+from .registry import Database
+
+logger = logging.getLogger("dbrouter")
+
+SessionMaker = Callable[[], AsyncSession]
+Route = tuple[Database, SessionMaker, Callable[[], None] | None]
+"""Where a session goes: the database, how to open a session there, and whom to tell when
+the database turns out to be unreachable."""
+
+
+class LentSession:
+    """``async with`` a session on a database, leased for the block.
+
+    Entering takes a lease on the database (`RouterClosedError` if it is being disposed)
+    and opens a session. Leaving rolls back if the block raised, commits if asked to and
+    it did not, closes the session and gives the lease back. An outage becomes a
+    `DatabaseUnavailableError` (and the route's outage callback is told).
+    """
+
+    __slots__ = ("_commit", "_database", "_make", "_on_outage", "_route", "_session")
+
+    def __init__(
+        self,
+        database: Database | None,
+        make_session: SessionMaker | None = None,
+        *,
+        commit: bool = False,
+        route: Callable[[], Awaitable[Route]] | None = None,
+    ) -> None:
+        self._database = database
+        self._make = make_session
+        self._commit = commit
+        self._route = route
+        self._on_outage: Callable[[], None] | None = None
+        self._session: AsyncSession | None = None
+
+    async def __aenter__(self) -> AsyncSession:
+        if self._route is not None:
+            self._database, self._make, self._on_outage = await self._route()
+        database = self._database
+        assert database is not None
+        assert self._make is not None
+        if not database.leases.acquire():
+            raise RouterClosedError()
+        try:
+            self._session = self._make()
+        except BaseException:
+            database.leases.release()
+            raise
+        return self._session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        session = self._session
+        database = self._database
+        assert session is not None
+        assert database is not None
+        try:
+            if exc is not None:
+                await self._failed(session, database, exc)
+            elif self._commit:
+                try:
+                    await session.commit()
+                except BaseException as error:
+                    await self._failed(session, database, error)
+                    raise
+        finally:
+            try:
+                await session.__aexit__(None, None, None)  # closes, shielded from cancellation
+            finally:
+                database.leases.release()
+
+    async def _failed(self, session: AsyncSession, database: Database, exc: BaseException) -> None:
+        await _rollback_quietly(session)
+        unavailable = as_unavailable(exc, database.name)
+        if unavailable is None:
+            return
+        if self._on_outage is not None:
+            self._on_outage()
+        if unavailable is not exc:
+            raise unavailable from exc
+
+
+async def _rollback_quietly(session: AsyncSession) -> None:
+    # A rollback on a broken connection fails too; the original error is the one to raise,
+    # and closing the session invalidates the connection anyway.
+    try:
+        await session.rollback()
+    except Exception:
+        logger.debug("dbrouter: rollback failed after an error", exc_info=True)
