@@ -305,3 +305,12 @@ async def test_reads_spread_over_hosts(replication: Replication) -> None:
                 assert await session.scalar(text("SELECT pg_is_in_recovery()")) is True
                 used[str(id(session.bind))] += 1
     assert sorted(used.values()) == [2, 6]
+
+
+def test_a_token_never_points_past_a_page_header() -> None:
+    from dbrouter.replication import _before_page_header
+
+    block, segment = 8192, 16 * 1024 * 1024
+    assert _before_page_header(3 * block + 24, block, segment) == 3 * block
+    assert _before_page_header(2 * segment + 40, block, segment) == 2 * segment
+    assert _before_page_header(3 * block + 100, block, segment) == 3 * block + 100

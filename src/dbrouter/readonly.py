@@ -1,5 +1,9 @@
 """Read-only sessions: every transaction is opened read-only by the server itself.
 
+On PostgreSQL the transaction starts as ``BEGIN READ ONLY`` (asyncpg's read-only
+transactions, through SQLAlchemy's ``postgresql_readonly`` option): no extra statement,
+no extra round trip, and the option is lifted when the connection goes back to the pool.
+
 A replica's sessions use them wherever they land, the primary included when reads fall
 back to it: a write fails with a clear error and changes nothing.
 """
@@ -53,6 +57,8 @@ def read_only_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
         engine.sync_engine, "reset", _lift_query_only
     ):
         event.listen(engine.sync_engine, "reset", _lift_query_only)
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg":
+        engine = engine.execution_options(postgresql_readonly=True)
     return async_sessionmaker(
         engine,
         class_=AsyncSession,

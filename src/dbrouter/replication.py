@@ -20,7 +20,14 @@ from .registry import Database, DatabaseRegistry, drain_and_dispose
 from .replicas import ReplicaMember, ReplicaSet, ReplicaStatus, parse_lsn
 from .urls import is_postgresql
 
-_INSERT_POSITION = text("SELECT pg_current_wal_insert_lsn()::text")
+_INSERT_POSITION = text(
+    "SELECT pg_current_wal_insert_lsn()::text, current_setting('wal_block_size')::int, "
+    "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')"
+)
+# A record that ends on a WAL page boundary leaves the insert position past the next
+# page's header, which a replica does not "replay" until another record follows.
+_SHORT_PAGE_HEADER = 24
+_LONG_PAGE_HEADER = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,5 +174,15 @@ class Replication:
                 marks[name] = time.time()
                 continue
             async with engine.connect() as connection:
-                marks[name] = parse_lsn(str(await connection.scalar(_INSERT_POSITION)))
+                row = (await connection.execute(_INSERT_POSITION)).one()
+            marks[name] = _before_page_header(parse_lsn(row[0]), row[1], row[2])
         return marks
+
+
+def _before_page_header(lsn: int, block_size: int, segment_size: int) -> int:
+    """*lsn* moved back over a page header it points just past, if it does."""
+    if lsn % segment_size == _LONG_PAGE_HEADER:
+        return lsn - _LONG_PAGE_HEADER
+    if lsn % block_size == _SHORT_PAGE_HEADER:
+        return lsn - _SHORT_PAGE_HEADER
+    return lsn
