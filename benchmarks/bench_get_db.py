@@ -152,7 +152,7 @@ def http_caller(client: httpx.AsyncClient) -> Call:
     return call
 
 
-def raw_caller(app: ASGIApp) -> Call:
+def raw_caller(app: ASGIApp, headers: Sequence[tuple[bytes, bytes]] = ()) -> Call:
     """Calls *app* the way an ASGI server would, minus sockets and HTTP parsing."""
 
     async def call(method: str, path: str) -> None:
@@ -166,7 +166,7 @@ def raw_caller(app: ASGIApp) -> Call:
             "raw_path": path.encode(),
             "root_path": "",
             "query_string": b"",
-            "headers": [(b"host", b"bench")],
+            "headers": [(b"host", b"bench"), *headers],
             "client": ("127.0.0.1", 50000),
             "server": ("bench", 80),
         }

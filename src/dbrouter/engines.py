@@ -71,7 +71,7 @@ def build_engine(settings: DatabaseSettings, *, name: str, **overrides: Any) -> 
 
 
 class RoutedSession(Session):
-    """The sessions dbrouter hands out; a commit is noted for read-your-writes."""
+    """Sessions on a primary with replicas: each commit is noted for read-your-writes."""
 
 
 @event.listens_for(RoutedSession, "after_commit")
@@ -81,12 +81,20 @@ def _note_commit(session: Session) -> None:
         record.written.add(session.info[DATABASE_KEY])
 
 
-def build_sessionmaker(engine: AsyncEngine, name: str) -> SessionFactory:
+def build_sessionmaker(
+    engine: AsyncEngine, name: str, *, note_commits: bool = False
+) -> SessionFactory:
     """The one session configuration dbrouter hands out, for the database *name*.
 
     ``expire_on_commit=False`` keeps ORM objects readable after commit, so a response
     model can read them without a lazy load (which would raise ``MissingGreenlet``).
+    With *note_commits* (a primary with replicas) each commit is noted for
+    read-your-writes.
     """
+    if not note_commits:
+        return async_sessionmaker(
+            engine, class_=AsyncSession, autoflush=False, expire_on_commit=False
+        )
     return async_sessionmaker(
         engine,
         class_=AsyncSession,

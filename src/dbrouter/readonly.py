@@ -38,7 +38,8 @@ def _begin_read_only(
         # SQLite has no read-only transactions; query_only lasts until the pool resets it.
         connection.exec_driver_sql("PRAGMA query_only = ON")
         connection.connection.info[_QUERY_ONLY] = True
-    else:
+    elif connection.dialect.driver != "asyncpg":
+        # asyncpg begins read-only itself (see read_only_sessionmaker); others are told.
         connection.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 

@@ -43,11 +43,11 @@ class DatabaseRegistry(Mapping[str, Database]):
 
     def __init__(self, databases: Mapping[str, DatabaseSettings]) -> None:
         self._databases: dict[str, Database] = {}
+        replicated = {settings.replica_of for settings in databases.values()}
         for name, settings in databases.items():
             engine = build_engine(settings, name=name)
-            self._databases[name] = Database(
-                name, settings, engine, build_sessionmaker(engine, name)
-            )
+            sessions = build_sessionmaker(engine, name, note_commits=name in replicated)
+            self._databases[name] = Database(name, settings, engine, sessions)
         self._closed = False
 
     def __getitem__(self, name: str) -> Database:
