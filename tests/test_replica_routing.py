@@ -4,6 +4,7 @@ read-only everywhere, failover and recovery, and read-your-writes with tokens.""
 # No ``from __future__ import annotations``: FastAPI resolves the endpoint annotations.
 
 import asyncio
+import contextlib
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
@@ -314,3 +315,27 @@ def test_a_token_never_points_past_a_page_header() -> None:
     assert _before_page_header(3 * block + 24, block, segment) == 3 * block
     assert _before_page_header(2 * segment + 40, block, segment) == 2 * segment
     assert _before_page_header(3 * block + 100, block, segment) == 3 * block + 100
+
+
+async def test_the_read_only_mark_does_not_outlive_the_session(replication: Replication) -> None:
+    # One connection to the primary: a fallback read borrows it, then a write reuses it.
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={
+                "primary": {"url": replication.primary_url, "pool_size": 1, "max_overflow": 0},
+                "replica": {"url": replication.standby_url, **REPLICA_SETTINGS},
+            }
+        )
+    )
+    await asyncio.to_thread(replication.standby.stop, "immediate")
+    async with router:
+        with contextlib.suppress(Exception):
+            async with router.session("replica") as session:
+                await session.execute(text("SELECT 1"))  # may fail once: leaves rotation
+        async with router.session("replica") as session:
+            assert await session.scalar(text("SELECT pg_is_in_recovery()")) is False
+            assert await session.scalar(text("SHOW transaction_read_only")) == "on"
+        async with router.session("primary", commit=True) as session:
+            assert await session.scalar(text("SHOW transaction_read_only")) == "off"
+            await session.execute(text("INSERT INTO events (payload) VALUES ('after-ro')"))
+    assert await primary_count(replication, "after-ro") == 1

@@ -1,8 +1,9 @@
 """Read-only sessions: every transaction is opened read-only by the server itself.
 
-On PostgreSQL the transaction starts as ``BEGIN READ ONLY`` (asyncpg's read-only
-transactions, through SQLAlchemy's ``postgresql_readonly`` option): no extra statement,
-no extra round trip, and the option is lifted when the connection goes back to the pool.
+With asyncpg the transaction starts as ``BEGIN READ ONLY``: asyncpg sends ``BEGIN`` with
+the first statement, and the connection is marked read-only just before (SQLAlchemy's
+``set_readonly``), so there is no extra statement and no extra round trip; the mark is
+lifted when the connection goes back to the pool.
 
 A replica's sessions use them wherever they land, the primary included when reads fall
 back to it: a write fails with a clear error and changes nothing.
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from .errors import DBRouterError
 
 _QUERY_ONLY = "dbrouter_query_only"
+_READ_ONLY = "dbrouter_read_only"
 
 
 class ReadOnlySessionError(DBRouterError, RuntimeError):
@@ -34,12 +36,16 @@ class ReadOnlySession(Session):
 def _begin_read_only(
     session: Session, transaction: SessionTransaction, connection: Connection
 ) -> None:
-    if connection.dialect.name == "sqlite":
+    dialect = connection.dialect
+    pooled = connection.connection
+    if dialect.name == "sqlite":
         # SQLite has no read-only transactions; query_only lasts until the pool resets it.
         connection.exec_driver_sql("PRAGMA query_only = ON")
-        connection.connection.info[_QUERY_ONLY] = True
-    elif connection.dialect.driver != "asyncpg":
-        # asyncpg begins read-only itself (see read_only_sessionmaker); others are told.
+        pooled.info[_QUERY_ONLY] = True
+    elif dialect.driver == "asyncpg":
+        dialect.set_readonly(pooled.dbapi_connection, True)  # type: ignore[attr-defined]
+        pooled.info[_READ_ONLY] = True
+    else:
         connection.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
@@ -54,12 +60,8 @@ def _refuse_flush(session: Session, flush_context: Any, instances: Any) -> None:
 
 def read_only_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Read-only sessions on *engine*, configured like every other dbrouter session."""
-    if engine.dialect.name == "sqlite" and not event.contains(
-        engine.sync_engine, "reset", _lift_query_only
-    ):
-        event.listen(engine.sync_engine, "reset", _lift_query_only)
-    if engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg":
-        engine = engine.execution_options(postgresql_readonly=True)
+    if not event.contains(engine.sync_engine, "reset", _lift_read_only):
+        event.listen(engine.sync_engine, "reset", _lift_read_only)
     return async_sessionmaker(
         engine,
         class_=AsyncSession,
@@ -69,7 +71,9 @@ def read_only_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
     )
 
 
-def _lift_query_only(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
+def _lift_read_only(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
+    if record.info.pop(_READ_ONLY, False):
+        dbapi_connection.readonly = False  # what the asyncpg dialect's set_readonly sets
     if record.info.pop(_QUERY_ONLY, False):
         cursor = dbapi_connection.cursor()
         try:
