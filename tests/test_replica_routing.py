@@ -232,7 +232,10 @@ async def test_fallback_error_answers_503(replication: Replication) -> None:
     await asyncio.to_thread(replication.standby.stop, "immediate")
     async with serve(app) as client:
         statuses = [(await client.get("/read")).status_code for _ in range(3)]
+        # A token asks for a recent enough replica; it is no way around fallback="error".
+        with_token = await client.get("/read", headers={TOKEN_HEADER: "primary:0/1"})
     assert statuses == [503, 503, 503]
+    assert with_token.status_code == 503
 
 
 async def test_health_shows_every_replica(replication: Replication) -> None:

@@ -16,6 +16,7 @@ from .errors import (
     UnknownTenantError,
 )
 from .health import DatabaseHealth, HealthReport, PoolStats
+from .readonly import ReadOnlySessionError
 from .resolvers import (
     CallableTenantResolver,
     ChainTenantResolver,
@@ -48,6 +49,7 @@ __all__ = [
     "HealthReport",
     "PathTenantResolver",
     "PoolStats",
+    "ReadOnlySessionError",
     "ReplicaHostSettings",
     "RouterClosedError",
     "RouterSettings",

@@ -25,9 +25,6 @@ SessionFactory = async_sessionmaker[AsyncSession]
 DATABASE_KEY = "dbrouter_database"
 """The key of the database name in ``session.info``."""
 
-DATABASE_KEY = "dbrouter_database"
-"""The key of the database name in ``session.info``."""
-
 
 def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
     """Keyword arguments of `create_async_engine` for *settings*."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from .budget import ConnectionBudget
 from .consistency import Mark, current_consistency
 from .engines import SessionFactory, build_engine
 from .errors import DatabaseUnavailableError
@@ -52,11 +53,13 @@ class ReplicaRoute:
 class ReplicaGroup:
     """The servers answering under one replica name, and the primary they replicate."""
 
-    def __init__(self, replica: Database, primary: Database) -> None:
+    def __init__(
+        self, replica: Database, primary: Database, budget: ConnectionBudget | None = None
+    ) -> None:
         self.name = replica.name
         self.settings = replica.settings
         self.primary = primary
-        self.members: tuple[Database, ...] = (replica, *self._extra_hosts(replica))
+        self.members: tuple[Database, ...] = (replica, *self._extra_hosts(replica, budget))
         self._read_only: dict[int, SessionFactory] = {
             id(database.engine): read_only_sessionmaker(database.engine)
             for database in (*self.members, primary)
@@ -75,12 +78,14 @@ class ReplicaGroup:
             )
 
     @staticmethod
-    def _extra_hosts(replica: Database) -> list[Database]:
+    def _extra_hosts(replica: Database, budget: ConnectionBudget | None) -> list[Database]:
         extra = []
         for number, host in enumerate(replica.settings.hosts, start=2):
             settings = replica.settings.model_copy(update={"url": host.url, "hosts": []})
             name = f"{replica.name}#{number}"
             engine = build_engine(settings, name=name)
+            if budget is not None:
+                budget.instrument(engine, name=name, timeout=settings.pool_timeout)
             extra.append(Database(name, settings, engine, read_only_sessionmaker(engine)))
         return extra
 
@@ -108,8 +113,10 @@ class ReplicaGroup:
         if member is not None:
             database = member.database
             return ReplicaRoute(database, self.read_only(database), member, replica_set)
-        if mark is not None or self.settings.fallback == "primary":
-            # A replica behind the client's own write is not an outage: the primary has it.
+        behind = mark is not None and any(m.in_rotation for m in replica_set.members)
+        if behind or self.settings.fallback == "primary":
+            # Replicas still behind the client's own write are no outage: the primary has
+            # it. With none in rotation at all, `fallback` decides.
             return self._on_primary()
         raise DatabaseUnavailableError(self.name, "no replica is in rotation")
 
@@ -129,13 +136,13 @@ class ReplicaGroup:
 class Replication:
     """Every replica group of a router."""
 
-    def __init__(self, registry: DatabaseRegistry) -> None:
+    def __init__(self, registry: DatabaseRegistry, budget: ConnectionBudget | None = None) -> None:
         self.groups: dict[str, ReplicaGroup] = {}
         for name in registry:
             database = registry[name]
             primary_name = database.settings.replica_of
             if primary_name is not None:
-                self.groups[name] = ReplicaGroup(database, registry[primary_name])
+                self.groups[name] = ReplicaGroup(database, registry[primary_name], budget)
         self.primaries = frozenset(group.primary.name for group in self.groups.values())
         self._engines: dict[str, AsyncEngine] = {
             group.primary.name: group.primary.engine for group in self.groups.values()

@@ -68,7 +68,7 @@ class DatabaseRouter:
             )
         )
         self._replication = (
-            Replication(self._registry)
+            Replication(self._registry, self._budget)
             if any(database.is_replica for database in self._registry.values())
             else None
         )
