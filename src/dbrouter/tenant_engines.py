@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from .errors import UnknownTenantError
 from .outages import as_unavailable
 from .registry import Database, drain_and_dispose
 from .settings import DatabaseSettings, TenancySettings, TenantSettings
+from .singleflight import SingleFlight
 from .urls import parse_url
 
 logger = logging.getLogger("dbrouter")
@@ -60,7 +62,7 @@ class TenantEngines:
         self._budget = budget
         self._last_used: dict[str, float] = {}
         self._cache = TenantEngineCache(tenancy.max_engines, tenancy.engine_idle_ttl, self._retire)
-        self._building: dict[str, asyncio.Future[Database]] = {}
+        self._building: SingleFlight[str, Database] = SingleFlight()
         self._retiring: dict[asyncio.Task[None], Database] = {}
         self._reaper: asyncio.Task[None] | None = None
 
@@ -80,10 +82,7 @@ class TenantEngines:
             self._cache[tenant] = database  # idle time counts from the last use
             self._last_used[tenant] = time.monotonic()
             return database
-        pending = self._building.get(tenant)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        return await self._build(tenant, settings)
+        return await self._building.run(tenant, functools.partial(self._build, tenant, settings))
 
     def evict(self, tenant: str) -> None:
         """Drop *tenant*'s engine now (its open sessions finish first)."""
@@ -127,24 +126,11 @@ class TenantEngines:
             await database.engine.dispose()
 
     async def _build(self, tenant: str, settings: TenantSettings) -> Database:
-        future: asyncio.Future[Database] = asyncio.get_running_loop().create_future()
-        self._building[tenant] = future
-        try:
-            database = self._new_database(tenant, settings)
-            if settings.url is None:
-                await self._verify(tenant, database)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                future.cancel()
-            else:
-                future.set_exception(exc)
-                future.exception()  # marks it retrieved when nobody else was waiting
-            raise
-        finally:
-            del self._building[tenant]
+        database = self._new_database(tenant, settings)
+        if settings.url is None:
+            await self._verify(tenant, database)
         self._cache[tenant] = database
         self._last_used[tenant] = time.monotonic()
-        future.set_result(database)
         self._start_reaper()
         return database
 

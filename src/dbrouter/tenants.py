@@ -7,7 +7,6 @@ so a flood of them does not reach the catalog.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Awaitable, Callable
 
@@ -15,6 +14,7 @@ from cachetools import TTLCache
 
 from .errors import TenantResolutionError, UnknownTenantError
 from .settings import TenancySettings, TenantSettings
+from .singleflight import SingleFlight
 
 TenantCatalog = Callable[[str], Awaitable[TenantSettings | None]]
 """An async function that looks a tenant id up (in a ``tenants`` table, a service...) and
@@ -53,7 +53,7 @@ class TenantDirectory:
         self._static: dict[str, TenantSettings] = dict(tenancy.tenants)
         self._catalog = catalog
         self._answers: TTLCache[str, TenantSettings | None] = TTLCache(catalog_size, catalog_ttl)
-        self._pending: dict[str, asyncio.Future[TenantSettings | None]] = {}
+        self._pending: SingleFlight[str, TenantSettings | None] = SingleFlight()
 
     def validate(self, raw: object) -> str:
         """*raw* as a tenant id, or `TenantResolutionError` saying why it is not one."""
@@ -118,26 +118,14 @@ class TenantDirectory:
         self, tenant: str, fallback: Callable[[str], Awaitable[TenantSettings | None]]
     ) -> TenantSettings | None:
         # Concurrent first requests for one tenant share a single lookup.
-        pending = self._pending.get(tenant)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[TenantSettings | None] = asyncio.get_running_loop().create_future()
-        self._pending[tenant] = future
-        try:
-            ask = self._catalog or fallback
+        ask = self._catalog or fallback
+
+        async def look_up() -> TenantSettings | None:
             answer = await ask(tenant)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                future.cancel()
-            else:
-                future.set_exception(exc)
-                future.exception()  # marks it retrieved when nobody else was waiting
-            raise
-        finally:
-            del self._pending[tenant]
-        self._answers[tenant] = answer
-        future.set_result(answer)
-        return answer
+            self._answers[tenant] = answer
+            return answer
+
+        return await self._pending.run(tenant, look_up)
 
 
 def _shown(raw: object) -> str:
