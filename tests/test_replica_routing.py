@@ -75,6 +75,12 @@ def build(pair: Replication, **replica: Any) -> tuple[DatabaseRouter, FastAPI]:
         await db.commit()
         return "wrote"
 
+    @app.post("/replica/autocommit")
+    async def autocommit_write(db: Replica, payload: str) -> str:
+        await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        await db.execute(text("INSERT INTO events (payload) VALUES (:p)"), {"p": payload})
+        return "wrote"
+
     @app.post("/replica/orm")
     async def orm_write(db: Replica, payload: str) -> str:
         db.add(Event(payload=payload))
@@ -111,8 +117,9 @@ async def test_writes_through_a_replica_fail_and_change_nothing(
     assert await primary_count(replication, f"ro-{path[-3:]}") == 0
 
 
+@pytest.mark.parametrize("path", ["/replica/raw", "/replica/autocommit"])
 async def test_a_replica_session_that_falls_back_is_still_read_only(
-    replication: Replication,
+    replication: Replication, path: str
 ) -> None:
     _, app = build(replication)
     await asyncio.to_thread(replication.standby.stop, "immediate")
@@ -120,8 +127,8 @@ async def test_a_replica_session_that_falls_back_is_still_read_only(
         await client.get("/read")  # may fail once: that is how the replica leaves rotation
         assert (await client.get("/read")).json()["standby"] is False
         with pytest.raises(Exception, match="read-only"):
-            await client.post("/replica/raw", params={"payload": "fallback-write"})
-    assert await primary_count(replication, "fallback-write") == 0
+            await client.post(path, params={"payload": f"fallback-{path[-3:]}"})
+    assert await primary_count(replication, f"fallback-{path[-3:]}") == 0
 
 
 async def test_read_your_writes_with_a_token(replication: Replication) -> None:
@@ -159,6 +166,43 @@ async def test_read_your_writes_with_a_token(replication: Replication) -> None:
         assert again.json() == {"standby": True, "found": 1}
 
 
+async def test_a_token_needs_no_second_connection(replication: Replication) -> None:
+    # The endpoint commits, then reads on: its session holds the only pooled connection
+    # when the response starts. The token must not wait for another one.
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={
+                "primary": {
+                    "url": replication.primary_url,
+                    "pool_size": 1,
+                    "max_overflow": 0,
+                    "pool_timeout": 1,
+                },
+                "replica": {"url": replication.standby_url, **REPLICA_SETTINGS},
+            }
+        )
+    )
+    app = FastAPI(lifespan=router.lifespan)
+
+    @app.post("/write-then-read")
+    async def write_then_read(db: Annotated[AsyncSession, Depends(get_db("primary"))]) -> int:
+        await db.execute(text("INSERT INTO events (payload) VALUES ('held')"))
+        await db.commit()
+        return int(await db.scalar(text("SELECT count(*) FROM events")) or 0)
+
+    @app.get("/nothing")
+    async def nothing(db: Annotated[AsyncSession, Depends(get_db("primary"))]) -> str:
+        await db.commit()  # a commit that never touched the database
+        return "ok"
+
+    async with serve(app) as client:
+        responses = await asyncio.gather(*(client.post("/write-then-read") for _ in range(3)))
+        assert [response.status_code for response in responses] == [200, 200, 200]
+        marks = [parse_token(response.headers[TOKEN_HEADER])["primary"] for response in responses]
+        assert len(set(marks)) == 3
+        assert TOKEN_HEADER not in (await client.get("/nothing")).headers
+
+
 @pytest.mark.parametrize(
     "token", ["garbage", "primary:zz/1", "primary:1/2,,", "x" * 5000, "primary:@abc", ""]
 )
@@ -186,6 +230,7 @@ async def test_a_standby_that_goes_down_costs_at_most_one_request(
             if response.status_code == 200:
                 served_by[response.json()["standby"]] += 1
         assert statuses[503] <= 1, statuses
+        assert statuses[200] == 30 - statuses[503], statuses
         assert served_by == Counter({False: statuses[200]})
 
         await asyncio.to_thread(replication.standby.start)
@@ -312,12 +357,12 @@ async def test_reads_spread_over_hosts(replication: Replication) -> None:
 
 
 def test_a_token_never_points_past_a_page_header() -> None:
-    from dbrouter.replication import _before_page_header
+    from dbrouter.consistency import before_page_header
 
     block, segment = 8192, 16 * 1024 * 1024
-    assert _before_page_header(3 * block + 24, block, segment) == 3 * block
-    assert _before_page_header(2 * segment + 40, block, segment) == 2 * segment
-    assert _before_page_header(3 * block + 100, block, segment) == 3 * block + 100
+    assert before_page_header(3 * block + 24, block, segment) == 3 * block
+    assert before_page_header(2 * segment + 40, block, segment) == 2 * segment
+    assert before_page_header(3 * block + 100, block, segment) == 3 * block + 100
 
 
 async def test_the_read_only_mark_does_not_outlive_the_session(replication: Replication) -> None:

@@ -30,6 +30,7 @@ from dbrouter import (
     PathTenantResolver,
     RouterSettings,
     SubdomainTenantResolver,
+    TenantError,
     TenantRequest,
     TenantResolutionError,
     TenantSettings,
@@ -259,6 +260,47 @@ async def test_raw_sql_never_falls_through_to_public(pg_url: str) -> None:
     async with router.session() as session:
         assert (await session.scalar(text("SELECT count(*) FROM notes"))) == 1
     await router.dispose()
+
+
+async def test_temporary_tables_do_not_outlive_the_tenant_session(pg_url: str) -> None:
+    # PostgreSQL searches pg_temp before the search path, and temporary tables outlive
+    # transactions: on one pooled connection they would shadow the next borrower's tables.
+    await tenant_schemas(pg_url, ["alpha", "beta"])
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={"primary": {"url": pg_url, "pool_size": 1, "max_overflow": 0}},
+            tenancy={"strategy": "schema"},
+        )
+    )
+    async with router:
+        async with router.tenant_session("alpha", commit=True) as session:
+            await session.execute(text("CREATE TEMP TABLE notes AS SELECT * FROM notes"))
+            await session.execute(text("CREATE TEMP TABLE stash AS SELECT * FROM notes"))
+            assert await session.scalar(text("SELECT count(*) FROM stash")) == 1
+        async with router.tenant_session("beta") as session:
+            owners = (await session.execute(text("SELECT owner FROM notes"))).scalars()
+            assert list(owners) == ["beta"]
+            with pytest.raises(Exception, match="does not exist"):
+                await session.execute(text("SELECT owner FROM stash"))
+        async with router.session() as session:
+            owners = (await session.execute(text("SELECT owner FROM notes"))).scalars()
+            assert list(owners) == ["public"]
+
+
+async def test_a_tenant_session_refuses_autocommit(pg_url: str) -> None:
+    # AUTOCOMMIT has no transaction for the schema pin: raw SQL would reach public.
+    await tenant_schemas(pg_url, ["alpha"])
+    router = DatabaseRouter(
+        RouterSettings(databases={"primary": {"url": pg_url}}, tenancy={"strategy": "schema"})
+    )
+    async with router:
+        with pytest.raises(TenantError, match="AUTOCOMMIT"):
+            async with router.tenant_session("alpha") as session:
+                await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+                await session.execute(text("SELECT owner FROM notes"))
+        async with router.tenant_session("alpha") as session:
+            owners = (await session.execute(text("SELECT owner FROM notes"))).scalars()
+            assert list(owners) == ["alpha"]
 
 
 async def test_the_compiled_cache_does_not_grow_per_tenant(schema_router: DatabaseRouter) -> None:

@@ -11,8 +11,12 @@ time of the write (``primary:@1764050000.25``) and the client reads from the pri
 from __future__ import annotations
 
 import re
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.util import await_only
 
 from .replicas import format_lsn, parse_lsn
 
@@ -26,6 +30,16 @@ _ENTRY = re.compile(
 )
 _MAX_ENTRIES = 16
 _MAX_LENGTH = 1024
+_SEPARATORS = re.compile(r"[,|]")
+
+_COMMIT_POSITION = (
+    "SELECT pg_current_wal_insert_lsn()::text, current_setting('wal_block_size')::int, "
+    "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')"
+)
+# A record that ends on a WAL page boundary leaves the insert position past the next
+# page's header, which a replica does not "replay" until another record follows.
+_SHORT_PAGE_HEADER = 24
+_LONG_PAGE_HEADER = 40
 
 Mark = int | float
 """A position: an LSN (int) or, for databases without WAL positions, a write time (float)."""
@@ -37,8 +51,14 @@ class RequestConsistency:
 
     required: dict[str, Mark] = field(default_factory=dict)
     """Per primary name: the position a replica must have replayed to serve this request."""
-    written: set[str] = field(default_factory=set)
-    """Names of the primaries this request committed on."""
+    written: dict[str, Mark] = field(default_factory=dict)
+    """Per primary name: the position reached by the commits this request made there."""
+
+    def note_write(self, name: str, mark: Mark) -> None:
+        """Remember that a commit on primary *name* reached *mark*."""
+        previous = self.written.get(name)
+        if previous is None or type(previous) is not type(mark) or mark > previous:
+            self.written[name] = mark
 
 
 _current: ContextVar[RequestConsistency | None] = ContextVar("dbrouter_consistency", default=None)
@@ -64,7 +84,7 @@ def parse_token(text: str) -> dict[str, Mark]:
     if len(text) > _MAX_LENGTH:
         raise ValueError("consistency token too long")
     marks: dict[str, Mark] = {}
-    entries = [entry.strip() for entry in text.split(",")]
+    entries = [entry.strip() for entry in _SEPARATORS.split(text)]
     if len(entries) > _MAX_ENTRIES:
         raise ValueError("consistency token names too many databases")
     for entry in entries:
@@ -77,8 +97,8 @@ def parse_token(text: str) -> dict[str, Mark]:
 
 
 def format_token(marks: dict[str, Mark]) -> str:
-    """The token naming *marks*."""
-    return ",".join(
+    """The token naming *marks*, separated by ``|`` (valid in a cookie, unlike ``,``)."""
+    return "|".join(
         f"{name}:@{mark:.3f}" if isinstance(mark, float) else f"{name}:{format_lsn(mark)}"
         for name, mark in sorted(marks.items())
     )
@@ -92,3 +112,31 @@ def merge(older: dict[str, Mark], newer: dict[str, Mark]) -> dict[str, Mark]:
         if previous is None or type(previous) is not type(mark) or mark > previous:
             merged[name] = mark
     return merged
+
+
+def position_after_commit(connection: Connection) -> Mark:
+    """Where a token must point after a commit just made on *connection*.
+
+    On PostgreSQL: the WAL insert position, read on the committing connection itself while
+    the session still holds it, so it is at or past the commit record and needs no other
+    connection from the pool. Elsewhere: the time of the commit. Call it from synchronous
+    session events only (it runs the query through SQLAlchemy's greenlet bridge).
+    """
+    if connection.dialect.name != "postgresql":
+        return time.time()
+    if connection.dialect.driver == "asyncpg":
+        # Outside any transaction: one statement, one round trip, no BEGIN or ROLLBACK.
+        driver = connection.connection.driver_connection
+        row = await_only(driver.fetchrow(_COMMIT_POSITION))  # type: ignore[union-attr]
+    else:
+        row = connection.exec_driver_sql(_COMMIT_POSITION).one()
+    return before_page_header(parse_lsn(row[0]), int(row[1]), int(row[2]))
+
+
+def before_page_header(lsn: int, block_size: int, segment_size: int) -> int:
+    """*lsn* moved back over a page header it points just past, if it does."""
+    if lsn % segment_size == _LONG_PAGE_HEADER:
+        return lsn - _LONG_PAGE_HEADER
+    if lsn % block_size == _SHORT_PAGE_HEADER:
+        return lsn - _SHORT_PAGE_HEADER
+    return lsn

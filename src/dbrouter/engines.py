@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.pool import NullPool, StaticPool
 
-from .consistency import current_consistency
+from .consistency import current_consistency, position_after_commit
 from .settings import DatabaseSettings
 from .urls import is_postgresql, is_sqlite
 
@@ -24,6 +26,10 @@ SessionFactory = async_sessionmaker[AsyncSession]
 
 DATABASE_KEY = "dbrouter_database"
 """The key of the database name in ``session.info``."""
+
+_CONNECTION_KEY = "dbrouter_connection"
+
+logger = logging.getLogger("dbrouter")
 
 
 def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
@@ -71,11 +77,37 @@ class RoutedSession(Session):
     """Sessions on a primary with replicas: each commit is noted for read-your-writes."""
 
 
+@event.listens_for(RoutedSession, "after_begin")
+def _remember_connection(
+    session: Session, transaction: SessionTransaction, connection: Connection
+) -> None:
+    if current_consistency() is not None:
+        session.info[_CONNECTION_KEY] = connection
+
+
 @event.listens_for(RoutedSession, "after_commit")
 def _note_commit(session: Session) -> None:
+    connection = session.info.pop(_CONNECTION_KEY, None)
     record = current_consistency()
-    if record is not None:
-        record.written.add(session.info[DATABASE_KEY])
+    if record is None or connection is None:
+        return  # outside a request, or a commit that never touched the database
+    name = session.info[DATABASE_KEY]
+    try:
+        # The session still holds the connection here: no second one is taken from a pool
+        # that the request itself may have exhausted.
+        record.note_write(name, position_after_commit(connection))
+    except Exception:
+        # The commit stands; only this response's read-your-writes is lost.
+        logger.warning(
+            "dbrouter: no consistency token: the position after a commit on %r could not be read",
+            name,
+            exc_info=True,
+        )
+
+
+@event.listens_for(RoutedSession, "after_rollback")
+def _forget_connection(session: Session) -> None:
+    session.info.pop(_CONNECTION_KEY, None)
 
 
 def build_sessionmaker(

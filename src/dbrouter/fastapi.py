@@ -219,12 +219,14 @@ def attach_router(router: DatabaseRouter, app: Any) -> dict[str, Any]:
     if state is not None:
         setattr(state, STATE_KEY, router)
     stack = getattr(app, "middleware_stack", None)
-    if isinstance(stack, ConsistencyMiddleware):
-        stack.router = router
-    elif router.replication is not None and stack is not None:
+    if (
+        router.replication is not None
+        and stack is not None
+        and not isinstance(stack, ConsistencyMiddleware)
+    ):
         # The stack was built for this very lifespan call; wrapping it here is what lets
         # FastAPI(lifespan=router.lifespan) alone carry tokens, with no middleware to add.
-        app.middleware_stack = ConsistencyMiddleware(stack, router)
+        app.middleware_stack = ConsistencyMiddleware(stack)
     return {STATE_KEY: router}
 
 
@@ -233,11 +235,11 @@ class ConsistencyMiddleware:
 
     The token has to be in the response headers, and FastAPI has built the response by
     the time a dependency's exit code runs; so it is added here, as the response starts.
+    The positions were read when the commits happened, so adding it costs no I/O.
     """
 
-    def __init__(self, app: ASGIApp, router: DatabaseRouter) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.router = router
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -248,7 +250,7 @@ class ConsistencyMiddleware:
 
         async def send_with_token(message: Message) -> None:
             if message["type"] == "http.response.start" and record.written:
-                await self._add_token(message, record)
+                _add_token(message, record)
             await send(message)
 
         try:
@@ -256,24 +258,14 @@ class ConsistencyMiddleware:
         finally:
             reset_consistency(token)
 
-    async def _add_token(self, message: Message, record: RequestConsistency) -> None:
-        replication = self.router.replication
-        if replication is None:
-            return
-        try:
-            marks = await replication.positions(record.written)
-        except Exception:
-            logger.warning("dbrouter: no consistency token: the primary did not answer")
-            return
-        if not marks:
-            return
-        value = format_token(merge(record.required, marks))
-        headers = MutableHeaders(scope=message)
-        headers.append(TOKEN_HEADER, value)
-        headers.append(
-            "set-cookie",
-            f"{TOKEN_COOKIE}={value}; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax",
-        )
+
+def _add_token(message: Message, record: RequestConsistency) -> None:
+    value = format_token(merge(record.required, record.written))
+    headers = MutableHeaders(scope=message)
+    headers.append(TOKEN_HEADER, value)
+    headers.append(
+        "set-cookie", f"{TOKEN_COOKIE}={value}; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax"
+    )
 
 
 def _sent_marks(scope: Scope) -> dict[str, Mark]:

@@ -42,6 +42,13 @@ def _begin_read_only(
         # SQLite has no read-only transactions; query_only lasts until the pool resets it.
         connection.exec_driver_sql("PRAGMA query_only = ON")
         pooled.info[_QUERY_ONLY] = True
+    elif getattr(pooled.dbapi_connection, "autocommit", False):
+        # AUTOCOMMIT opens no transaction that could be marked read-only: every statement
+        # would commit on its own, writes included.
+        raise ReadOnlySessionError(
+            "this session is read-only (it reads from a replica) and cannot run with "
+            "isolation_level='AUTOCOMMIT'; use any other isolation level"
+        )
     elif dialect.driver == "asyncpg":
         dialect.set_readonly(pooled.dbapi_connection, True)  # type: ignore[attr-defined]
         pooled.info[_READ_ONLY] = True

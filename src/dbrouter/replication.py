@@ -8,27 +8,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from .budget import ConnectionBudget
-from .consistency import Mark, current_consistency
+from .consistency import current_consistency
 from .engines import SessionFactory, build_engine
 from .errors import DatabaseUnavailableError
 from .lending import Route
 from .readonly import read_only_sessionmaker
 from .registry import Database, DatabaseRegistry, drain_and_dispose
-from .replicas import ReplicaMember, ReplicaSet, ReplicaStatus, parse_lsn
+from .replicas import ReplicaMember, ReplicaSet, ReplicaStatus
 from .urls import is_postgresql
-
-_INSERT_POSITION = text(
-    "SELECT pg_current_wal_insert_lsn()::text, current_setting('wal_block_size')::int, "
-    "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')"
-)
-# A record that ends on a WAL page boundary leaves the insert position past the next
-# page's header, which a replica does not "replay" until another record follows.
-_SHORT_PAGE_HEADER = 24
-_LONG_PAGE_HEADER = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +134,6 @@ class Replication:
             if primary_name is not None:
                 self.groups[name] = ReplicaGroup(database, registry[primary_name], budget)
         self.primaries = frozenset(group.primary.name for group in self.groups.values())
-        self._engines: dict[str, AsyncEngine] = {
-            group.primary.name: group.primary.engine for group in self.groups.values()
-        }
 
     def start(self) -> None:
         """Start the background probes."""
@@ -167,29 +154,3 @@ class Replication:
                 for database in group.members[1:]
             )
         )
-
-    async def positions(self, primaries: set[str]) -> dict[str, Mark]:
-        """The positions to put in a token after writes on *primaries*.
-
-        The WAL insert position is read after the commit returned, so it is at or past the
-        commit record, whichever connection reads it.
-        """
-        marks: dict[str, Mark] = {}
-        for name in primaries & self.primaries:
-            engine = self._engines[name]
-            if not is_postgresql(engine.url):
-                marks[name] = time.time()
-                continue
-            async with engine.connect() as connection:
-                row = (await connection.execute(_INSERT_POSITION)).one()
-            marks[name] = _before_page_header(parse_lsn(row[0]), row[1], row[2])
-        return marks
-
-
-def _before_page_header(lsn: int, block_size: int, segment_size: int) -> int:
-    """*lsn* moved back over a page header it points just past, if it does."""
-    if lsn % segment_size == _LONG_PAGE_HEADER:
-        return lsn - _LONG_PAGE_HEADER
-    if lsn % block_size == _SHORT_PAGE_HEADER:
-        return lsn - _SHORT_PAGE_HEADER
-    return lsn

@@ -7,23 +7,33 @@ transaction, so nothing is left on the pooled connection for the next borrower, 
 ``text()`` SQL resolves in the tenant's schema just like ORM statements. The search path
 holds the tenant's schema alone: an unqualified name that is not there fails, it never
 falls through to ``public`` or another tenant. Statements are the same text for every
-tenant, so SQLAlchemy's compiled-statement cache does not grow per tenant (as it would
-with ``schema_translate_map``).
+tenant, so SQLAlchemy's compiled-statement cache does not grow per tenant.
+
+Temporary tables outlive transactions and PostgreSQL searches them before the search
+path, so a connection that served a tenant drops its temporary objects (``DISCARD TEMP``)
+when it goes back to the pool. AUTOCOMMIT is refused: it has no transaction to pin.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import await_only
 
+from .errors import TenantError
 from .registry import Database
 from .settings import TenantSettings
 
+logger = logging.getLogger("dbrouter")
+
 _SEARCH_PATH = "dbrouter_search_path"
+_SERVED_TENANT = "dbrouter_served_tenant"
 _PIN = text("SELECT set_config('search_path', :path, true)")
 _EXISTS = text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :name)")
 
@@ -34,7 +44,29 @@ class TenantSchemaSession(Session):
 
 @event.listens_for(TenantSchemaSession, "after_begin")
 def _pin_schema(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    pooled = connection.connection
+    if getattr(pooled.dbapi_connection, "autocommit", False):
+        raise TenantError(
+            "a tenant session cannot run with isolation_level='AUTOCOMMIT': the tenant's "
+            "schema is pinned per transaction; use any other isolation level"
+        )
+    pooled.info[_SERVED_TENANT] = True
     connection.execute(_PIN, {"path": session.info[_SEARCH_PATH]})
+
+
+def _discard_temporary_objects(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    """On check-in, after the pool's rollback: drop what a tenant left in ``pg_temp``."""
+    if not record.info.pop(_SERVED_TENANT, False) or dbapi_connection is None:
+        return
+    try:
+        # Straight to the driver, outside any transaction: nothing can roll it back.
+        await_only(dbapi_connection.driver_connection.execute("DISCARD TEMP"))
+    except Exception:
+        logger.warning(
+            "dbrouter: closing a tenant connection whose temporary objects could not be discarded",
+            exc_info=True,
+        )
+        record.invalidate()
 
 
 class SchemaTenancy:
@@ -43,6 +75,9 @@ class SchemaTenancy:
     def __init__(self, database: Database, template: str) -> None:
         self.database = database
         self._template = template
+        pool = database.engine.sync_engine.pool
+        if not event.contains(pool, "checkin", _discard_temporary_objects):
+            event.listen(pool, "checkin", _discard_temporary_objects)
         self._factory: async_sessionmaker[AsyncSession] = async_sessionmaker(
             database.engine,
             class_=AsyncSession,
