@@ -5,19 +5,21 @@ more connections than the server accepts. With ``max_connections`` set, every ne
 server connection first takes a slot here and gives it back when it closes; at the cap a
 connection attempt waits (up to the pool timeout of its database) for a slot, asking the
 owner of idle connections to let some go, and otherwise fails as unavailable (HTTP 503) —
-so the server never has to answer "too many clients".
+so the server never has to answer "too many clients". While connections wait, a connection
+returned to any pool is closed instead of kept idle, so its slot goes to the longest waiter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from .errors import DatabaseUnavailableError
 from .urls import is_postgresql
@@ -34,12 +36,17 @@ class ConnectionBudget:
         self.limit = limit
         self.reclaim = reclaim
         self._open = 0
+        self._held: Counter[str] = Counter()
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
     def open(self) -> int:
         """Server connections open now, or being opened."""
         return self._open
+
+    def held(self, name: str) -> int:
+        """Server connections that database *name* has open now."""
+        return self._held[name]
 
     async def acquire(self, name: str, timeout: float) -> None:
         """Take a slot for a new connection to database *name*, waiting up to *timeout*."""
@@ -83,6 +90,12 @@ class ConnectionBudget:
         if not (is_postgresql(engine.url) and engine.url.get_driver_name() == "asyncpg"):
             return
         event.listen(engine.sync_engine, "do_connect", self._connect_hook(name, timeout))
+        event.listen(engine.sync_engine.pool, "checkin", self._hand_over)
+
+    def _hand_over(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # An idle connection in one pool must not starve a request waiting on another.
+        if self._waiters and dbapi_connection is not None:
+            record.invalidate()
 
     def _connect_hook(self, name: str, timeout: float) -> Callable[..., None]:
         def on_connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
@@ -105,7 +118,8 @@ class ConnectionBudget:
             except BaseException:
                 self.release()
                 raise
-            slot = _Slot(self)
+            self._held[name] += 1
+            slot = _Slot(self, name)
             # Closed, terminated or lost: asyncpg tells its listeners; a connection only
             # ever dropped by the garbage collector is caught by the finalizer.
             connection.add_termination_listener(slot.give_back)
@@ -118,12 +132,17 @@ class ConnectionBudget:
 class _Slot:
     """One connection's slot, given back exactly once."""
 
-    __slots__ = ("_budget",)
+    __slots__ = ("_budget", "_name")
 
-    def __init__(self, budget: ConnectionBudget) -> None:
+    def __init__(self, budget: ConnectionBudget, name: str) -> None:
         self._budget: ConnectionBudget | None = budget
+        self._name = name
 
     def give_back(self, *_: object) -> None:
         budget, self._budget = self._budget, None
         if budget is not None:
+            held = budget._held
+            held[self._name] -= 1
+            if held[self._name] <= 0:
+                del held[self._name]
             budget.release()

@@ -183,6 +183,9 @@ def _tenant_session_dependency(commit: bool) -> SessionDependency:
             raise HTTPException(status_code=404, detail="unknown tenant") from exc
         except DatabaseUnavailableError as exc:
             raise service_unavailable(exc) from exc
+        except RouterClosedError as exc:
+            # The tenant's engine kept being replaced under this request, or shutdown began.
+            raise service_unavailable(DatabaseUnavailableError("tenant", str(exc))) from exc
 
     if not commit:
         return provide_tenant_session

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .budget import ConnectionBudget
-from .errors import ConfigurationError, UnknownTenantError
+from .errors import ConfigurationError, RouterClosedError, UnknownTenantError
 from .registry import Database, DatabaseRegistry
 from .resolvers import HeaderTenantResolver, TenantResolver
 from .schemas import SchemaTenancy
@@ -79,10 +79,16 @@ class Tenancy:
             self.engines.evict(tenant)
 
     def remove(self, tenant: str) -> None:
-        """Forget *tenant*; its engine is drained, then disposed."""
-        self.directory.remove(tenant)
+        """Forget *tenant*; its engine is drained, then disposed.
+
+        A tenant found through the catalog or the URL template is only forgotten until
+        the next request finds it again. `UnknownTenantError` when nothing was known.
+        """
+        known = self.directory.remove(tenant)
         if self.engines is not None:
-            self.engines.evict(tenant)
+            known = self.engines.evict(tenant) or known
+        if not known:
+            raise UnknownTenantError(tenant)
 
     async def close(self, timeout: float) -> None:
         """Dispose every tenant engine, letting open sessions finish first."""
@@ -90,7 +96,17 @@ class Tenancy:
             await self.engines.close(timeout)
 
     async def _find(self, tenant: str) -> TenantSettings | None:
-        # How a tenant outside the static list and without a catalog is found.
+        # How a tenant outside the static list and without a catalog is found: its schema
+        # exists, or the database its URL template names does (building its engine).
         if self.schemas is not None:
             return await self.schemas.find(tenant)
-        return TenantSettings() if self.settings.url_template else None
+        if self.settings.url_template is None or self.engines is None:
+            return None
+        found = TenantSettings()
+        try:
+            await self.engines.database(tenant, found)
+        except UnknownTenantError:
+            return None
+        except RouterClosedError:
+            pass  # re-pointed meanwhile: routing builds the engine from the new settings
+        return found

@@ -16,7 +16,7 @@ from sqlalchemy.pool import QueuePool
 
 from .budget import ConnectionBudget
 from .engines import build_engine, build_sessionmaker
-from .errors import UnknownTenantError
+from .errors import RouterClosedError, UnknownTenantError
 from .outages import as_unavailable
 from .registry import Database, drain_and_dispose
 from .settings import DatabaseSettings, TenancySettings, TenantSettings
@@ -61,6 +61,10 @@ class TenantEngines:
         self._tenancy = tenancy
         self._budget = budget
         self._last_used: dict[str, float] = {}
+        # Tenants whose engine is being built -> whether it was evicted meanwhile (stale).
+        self._in_flight: dict[str, bool] = {}
+        # The settings each cached engine was built from: other settings need a new one.
+        self._built_from: dict[str, TenantSettings] = {}
         self._cache = TenantEngineCache(tenancy.max_engines, tenancy.engine_idle_ttl, self._retire)
         self._building: SingleFlight[str, Database] = SingleFlight()
         self._retiring: dict[asyncio.Task[None], Database] = {}
@@ -79,16 +83,22 @@ class TenantEngines:
         """The database of *tenant*, built (exactly once, however many ask) on first use."""
         database = self._cache.get(tenant)
         if database is not None and not database.leases.retired:
-            self._cache[tenant] = database  # idle time counts from the last use
-            self._last_used[tenant] = time.monotonic()
-            return database
+            if self._built_from.get(tenant) == settings:
+                self._cache[tenant] = database  # idle time counts from the last use
+                self._last_used[tenant] = time.monotonic()
+                return database
+            self.evict(tenant)  # re-pointed since it was built
         return await self._building.run(tenant, functools.partial(self._build, tenant, settings))
 
-    def evict(self, tenant: str) -> None:
-        """Drop *tenant*'s engine now (its open sessions finish first)."""
+    def evict(self, tenant: str) -> bool:
+        """Drop *tenant*'s engine now (its open sessions finish first), and make a build
+        under way for it fail with `RouterClosedError`; whether an engine was cached."""
+        if tenant in self._in_flight:
+            self._in_flight[tenant] = True
         database = self._cache.pop(tenant, None)
         if database is not None:
             self._retire(database)
+        return database is not None
 
     def reclaim_idle(self) -> bool:
         """Evict the least recently used engine that holds idle connections and serves no
@@ -96,12 +106,18 @@ class TenantEngines:
         idle = [
             (self._last_used.get(tenant, 0.0), tenant)
             for tenant, database in self.cached().items()
-            if database.leases.count == 0 and _idle_connections(database) > 0
+            if database.leases.count == 0 and self._open_connections(database) > 0
         ]
         if not idle:
             return False
         self.evict(min(idle)[1])
         return True
+
+    def _open_connections(self, database: Database) -> int:
+        if self._budget is not None:
+            return self._budget.held(database.name)
+        pool = database.engine.pool
+        return pool.checkedin() if isinstance(pool, QueuePool) else 0
 
     async def close(self, timeout: float) -> None:
         """Evict every engine and wait (up to *timeout* seconds) until all are disposed."""
@@ -126,10 +142,19 @@ class TenantEngines:
             await database.engine.dispose()
 
     async def _build(self, tenant: str, settings: TenantSettings) -> Database:
-        database = self._new_database(tenant, settings)
-        if settings.url is None:
-            await self._verify(tenant, database)
+        self._in_flight[tenant] = False
+        try:
+            database = self._new_database(tenant, settings)
+            if settings.url is None:
+                await self._verify(tenant, database)
+        finally:
+            stale = self._in_flight.pop(tenant)
+        if stale:
+            # Re-pointed or removed while this engine was built from the old settings.
+            await database.engine.dispose()
+            raise RouterClosedError()
         self._cache[tenant] = database
+        self._built_from[tenant] = settings
         self._last_used[tenant] = time.monotonic()
         self._start_reaper()
         return database
@@ -175,7 +200,9 @@ class TenantEngines:
             raise
 
     def _retire(self, database: Database) -> None:
-        self._last_used.pop(database.name.removeprefix("tenant:"), None)
+        tenant = database.name.removeprefix("tenant:")
+        self._last_used.pop(tenant, None)
+        self._built_from.pop(tenant, None)
         database.leases.retire()
         task = asyncio.get_running_loop().create_task(drain_and_dispose(database))
         self._retiring[task] = database
@@ -194,11 +221,6 @@ class TenantEngines:
         while True:
             await asyncio.sleep(interval)
             self._cache.expire()
-
-
-def _idle_connections(database: Database) -> int:
-    pool = database.engine.pool
-    return pool.checkedin() if isinstance(pool, QueuePool) else 0
 
 
 def _sqlstate(exc: BaseException) -> str | None:

@@ -86,11 +86,11 @@ class TenantDirectory:
         self._static[self.validate(tenant)] = settings
         self._answers.pop(tenant, None)
 
-    def remove(self, tenant: str) -> None:
-        """Forget *tenant*; `UnknownTenantError` if it was not declared."""
-        if self._static.pop(tenant, None) is None:
-            raise UnknownTenantError(tenant)
-        self._answers.pop(tenant, None)
+    def remove(self, tenant: str) -> bool:
+        """Forget *tenant*: its declaration and any cached answer; whether either existed."""
+        declared = self._static.pop(tenant, None) is not None
+        answered = self._answers.pop(tenant, None) is not None
+        return declared or answered
 
     def forget(self, tenant: str, *, unknown: bool) -> None:
         """Drop the cached answer for *tenant*; with *unknown*, remember it as not found."""
