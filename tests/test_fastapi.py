@@ -57,6 +57,16 @@ def build_app(router: DatabaseRouter) -> FastAPI:
         await db.flush()
         return widget
 
+    @app.post("/widgets/committed-here", response_model=WidgetOut)
+    async def create_and_commit(name: str, db: Primary) -> Widget:
+        widget = Widget(name=name)
+        db.add(widget)
+        await db.commit()
+        # Read after the commit, outside any transaction: an expired object would need a
+        # lazy load here, which raises MissingGreenlet under asyncio.
+        assert widget.name == name
+        return widget
+
     @app.post("/widgets/fail")
     async def create_then_fail(name: str, db: Committed) -> None:
         db.add(Widget(name=name))
@@ -142,7 +152,10 @@ async def test_orm_objects_stay_readable_after_commit(client: httpx.AsyncClient)
     response = await client.post("/widgets", params={"name": "gear"})
     assert response.status_code == 200
     assert response.json()["name"] == "gear"
-    assert (await client.get("/widgets")).json() == ["gear"]
+    response = await client.post("/widgets/committed-here", params={"name": "cog"})
+    assert response.status_code == 200, response.text
+    assert response.json()["name"] == "cog"
+    assert (await client.get("/widgets")).json() == ["gear", "cog"]
 
 
 async def test_rows_are_absent_after_the_endpoint_raised(client: httpx.AsyncClient) -> None:

@@ -82,6 +82,19 @@ async def test_default_pool_settings_reach_the_engine(pg_url: str) -> None:
     pool = router.engine().pool
     assert isinstance(pool, AsyncAdaptedQueuePool)
     assert (pool.size(), pool._max_overflow, pool._timeout, pool._recycle) == (20, 10, 30, 3600)
+    assert (pool._pre_ping, pool._pool.use_lifo) == (True, True)
+    await router.dispose()
+
+
+async def test_pool_flags_can_be_turned_off(pg_url: str) -> None:
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={"primary": {"url": pg_url, "pool_pre_ping": False, "pool_use_lifo": False}}
+        )
+    )
+    pool = router.engine().pool
+    assert isinstance(pool, AsyncAdaptedQueuePool)
+    assert (pool._pre_ping, pool._pool.use_lifo) == (False, False)
     await router.dispose()
 
 

@@ -3,8 +3,11 @@ or the health output."""
 
 import logging
 import traceback
+import uuid
+from collections.abc import AsyncIterator
 from urllib.parse import quote
 
+import asyncpg
 import pytest
 from fastapi import Depends, FastAPI
 from sqlalchemy import text
@@ -32,9 +35,25 @@ def assert_hidden(*texts: object) -> None:
             assert form not in str(shown), f"{form!r} leaked in {shown!r}"
 
 
-def with_password(url: str) -> str:
-    parsed = make_url(url)
-    return parsed.set(password=PASSWORD).render_as_string(hide_password=False)
+@pytest.fixture
+async def secret_url(postgres_admin_url: str, pg_url: str) -> AsyncIterator[str]:
+    """*pg_url* as a role whose password is PASSWORD: it logs in whether the server checks
+    passwords or trusts local connections."""
+    role = f"secret_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres_admin_url)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
+        yield (
+            make_url(pg_url)
+            .set(username=role, password=PASSWORD)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role
+        )
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
 
 
 def test_the_password_survives_parsing_intact() -> None:
@@ -104,14 +123,13 @@ async def test_outages_never_show_the_password(
 
 
 async def test_requests_logs_and_health_never_show_the_password(
-    pg_url: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    secret_url: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     caplog.set_level(logging.DEBUG)
     router = DatabaseRouter(
         RouterSettings(
             databases={
-                # The test server trusts local connections, so any password gets in.
-                "primary": {"url": with_password(pg_url), "echo": True},
+                "primary": {"url": secret_url, "echo": True},
                 "down": {"url": f"postgresql://app:{QUOTED}@127.0.0.1:1/x", "connect_timeout": 1},
             }
         )
