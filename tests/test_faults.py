@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import Depends, FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dbrouter import DatabaseRouter, RouterSettings, get_db
 from tests.conftest import serve, server_connections
@@ -151,8 +152,42 @@ async def test_cancelled_requests_leave_nothing_checked_out(own_server: Postgres
     assert await server_connections(own_server.url("app")) == 0
 
 
+def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
+    """*app* cancelled when its client goes away, as some ASGI servers and timeout
+    middlewares do (uvicorn itself lets the endpoint run on)."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        inbox: asyncio.Queue[Message] = asyncio.Queue()
+
+        async def run() -> None:
+            await app(scope, inbox.get, send)
+
+        request = asyncio.create_task(run())
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                await inbox.put(message)
+                if message["type"] == "http.disconnect":
+                    request.cancel()
+                    return
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await asyncio.wait({request})
+        finally:
+            watcher.cancel()
+        if not request.cancelled():
+            request.result()
+
+    return wrapped
+
+
 @asynccontextmanager
-async def uvicorn_server(app: FastAPI) -> AsyncIterator[tuple[uvicorn.Server, str]]:
+async def uvicorn_server(app: ASGIApp) -> AsyncIterator[tuple[uvicorn.Server, str]]:
     """*app* served by a real uvicorn on a loopback port, in this event loop."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -171,13 +206,22 @@ async def uvicorn_server(app: FastAPI) -> AsyncIterator[tuple[uvicorn.Server, st
         sock.close()
 
 
-async def test_clients_that_disconnect_mid_query(own_server: PostgresServer) -> None:
+@pytest.mark.parametrize("cancelled", [False, True], ids=["runs-on", "cancelled"])
+async def test_clients_that_disconnect_mid_query(
+    own_server: PostgresServer, cancelled: bool
+) -> None:
     url = prepare(own_server)
     router, app = build(url, pool_size=3, max_overflow=0)
-    async with uvicorn_server(app) as (_, base), httpx.AsyncClient(base_url=base) as client:
+    served = cancel_on_disconnect(app) if cancelled else app
+    async with uvicorn_server(served) as (_, base), httpx.AsyncClient(base_url=base) as client:
         for _ in range(3):
             with pytest.raises(httpx.ReadTimeout):
                 await client.get("/slow", params={"seconds": 0.8}, timeout=0.2)
+        if cancelled:
+            await asyncio.sleep(0.2)
+            # Cancelled in the middle of pg_sleep: the connection is back (or discarded).
+            assert router.engine().pool.checkedout() == 0  # type: ignore[attr-defined]
+        # The server notices a discarded connection once pg_sleep ends.
         await asyncio.sleep(1.2)
         assert router.engine().pool.checkedout() == 0  # type: ignore[attr-defined]
         assert await lingering(own_server) == []
