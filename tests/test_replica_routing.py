@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbrouter import DatabaseRouter, RouterSettings, get_db
+from dbrouter.cli import main
 from dbrouter.consistency import TOKEN_COOKIE, TOKEN_HEADER, parse_token
 from dbrouter.readonly import ReadOnlySessionError
 from tests.conftest import serve
@@ -387,3 +388,30 @@ async def test_the_read_only_mark_does_not_outlive_the_session(replication: Repl
             assert await session.scalar(text("SHOW transaction_read_only")) == "off"
             await session.execute(text("INSERT INTO events (payload) VALUES ('after-ro')"))
     assert await primary_count(replication, "after-ro") == 1
+
+
+async def test_check_outside_a_lifespan_measures_rotation(
+    replication: Replication, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    router, _ = build(replication)
+    async with router:
+        report = await router.check()
+        [healthy] = report.databases["replica"].replicas
+        assert (healthy.in_rotation, healthy.reason) == (True, None)
+        assert healthy.replay_lsn is not None
+    monkeypatch.setenv("DBROUTER_DATABASES__PRIMARY__URL", replication.primary_url)
+    monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__URL", replication.standby_url)
+    monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__REPLICA_OF", "primary")
+    monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__CONNECT_TIMEOUT", "2")
+    assert await asyncio.to_thread(main, ["check"]) == 0
+    assert "  replica            in rotation, lag" in capsys.readouterr().out
+
+    await asyncio.to_thread(replication.standby.stop, "immediate")
+    router, _ = build(replication)
+    async with router:
+        report = await router.check()
+    assert report.ok  # the replica falls back to the primary: not required
+    [down] = report.databases["replica"].replicas
+    assert (down.in_rotation, down.reason) == (False, "unreachable")
+    assert await asyncio.to_thread(main, ["check"]) == 0
+    assert "  replica            out: unreachable" in capsys.readouterr().out

@@ -46,6 +46,10 @@ async def _check(*, as_json: bool) -> int:
                 f"{health.latency_ms:.1f} ms" if health.latency_ms is not None else health.error
             )
             print(f"{name:<20} {health.status:<5} {detail}")
+            for replica in health.replicas:
+                rotation = "in rotation" if replica.in_rotation else f"out: {replica.reason}"
+                lag = "" if replica.lag_seconds is None else f", lag {replica.lag_seconds:.1f} s"
+                print(f"  {replica.name:<18} {rotation}{lag}")
     return 0 if report.ok else 1
 
 

@@ -141,6 +141,18 @@ class Replication:
             if group.replica_set is not None and not group.replica_set.running:
                 group.replica_set.start()
 
+    async def probe_idle(self) -> None:
+        """Run one probe round for every replica set whose background probe is not running."""
+        await asyncio.gather(
+            *(
+                group.replica_set.probe()
+                for group in self.groups.values()
+                if group.replica_set is not None
+                and not group.replica_set.running
+                and not group.closed
+            )
+        )
+
     async def close(self, timeout: float) -> None:
         """Stop the probes and dispose the engines of the extra hosts."""
         for group in self.groups.values():

@@ -195,6 +195,9 @@ class DatabaseRouter:
     async def check(self) -> HealthReport:
         """Ping every database and report status, latency and pool figures; for replicas
         also whether each server is in rotation, why not, and its lag."""
+        if self._replication is not None:
+            # Without a running probe (a script, the CLI) rotation is measured now.
+            await self._replication.probe_idle()
         report = await check_databases(self._registry[name] for name in self._registry)
         if self._replication is not None:
             for name, group in self._replication.groups.items():
