@@ -393,8 +393,8 @@ def target(raw: str | None) -> Iterator[Target]:
         yield Target(url, scratch=False, postmaster_pid=pid)
 
 
-def pin_cpus(postmaster_pid: int) -> str | None:
-    """Give this process a CPU of its own and the server every other one.
+def pin_cpus(*postmaster_pids: int) -> str | None:
+    """Give this process a CPU of its own and the servers every other one.
 
     On a small machine the scheduler otherwise keeps putting server backends on the
     benchmark's CPU, and which pool's backends land there decides which side "wins": an
@@ -407,7 +407,7 @@ def pin_cpus(postmaster_pid: int) -> str | None:
     if len(cpus) < 2:
         return None
     ours, theirs = cpus[-1], set(cpus[:-1])
-    for pid in [postmaster_pid, *children(postmaster_pid)]:
+    for pid in [pid for main in postmaster_pids for pid in (main, *children(main))]:
         # A process may end between listing and pinning.
         with contextlib.suppress(ProcessLookupError):
             os.sched_setaffinity(pid, theirs)

@@ -29,6 +29,7 @@ from bench_get_db import (
     asyncpg_url,
     create_items,
     interleaved,
+    pin_cpus,
     raw_caller,
     run_round,
 )
@@ -45,6 +46,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 TARGET_RATIO = 0.98
+NOISY_SPAN = 0.15
 SELECT_POSITION = text("SELECT pg_current_wal_insert_lsn()::text")
 
 
@@ -105,21 +107,36 @@ async def run(primary_url: str, standby_url: str, args: argparse.Namespace) -> N
 
 def report(results: dict[bool, list[Round]]) -> None:
     print("read through get_db('replica') with a token vs get_db on the same standby")
-    print(f"  {'round':>6}  {'plain':>8}  {'replica':>8}  ratio")
+    print(f"  {'round':>6}  {'plain':>8}  {'replica':>8}  ratio  {'CPU us/request':>18}")
+    ratios = []
     for index, (plain, replica) in enumerate(zip(results[False], results[True], strict=True)):
         ratio = replica.throughput / plain.throughput
+        ratios.append(ratio)
         print(
-            f"  {index + 1:>6}  {plain.throughput:>8.0f}  {replica.throughput:>8.0f}  {ratio:.3f}"
+            f"  {index + 1:>6}  {plain.throughput:>8.0f}  {replica.throughput:>8.0f}  "
+            f"{ratio:.3f}  {plain.cpu_us:>8.1f} {replica.cpu_us:>8.1f}"
         )
     plain_median = statistics.median(r.throughput for r in results[False])
     replica_median = statistics.median(r.throughput for r in results[True])
+    plain_cpu = statistics.median(r.cpu_us for r in results[False])
+    replica_cpu = statistics.median(r.cpu_us for r in results[True])
     ratio = replica_median / plain_median
     overhead = 1e6 / replica_median - 1e6 / plain_median
     verdict = "ok" if ratio >= TARGET_RATIO else "BELOW"
     print(
         f"  median {plain_median:.0f} vs {replica_median:.0f} requests/s: ratio = {ratio:.3f} "
-        f"(target >= {TARGET_RATIO}: {verdict}); overhead {overhead:+.1f} us per request"
+        f"(target >= {TARGET_RATIO}: {verdict})"
     )
+    print(
+        f"  overhead {overhead:+.1f} us wall, {replica_cpu - plain_cpu:+.1f} us CPU per request "
+        f"(CPU {plain_cpu:.1f} vs {replica_cpu:.1f} us; CPU ratio "
+        f"{plain_cpu / replica_cpu:.3f})"
+    )
+    if max(ratios) - min(ratios) > NOISY_SPAN:
+        print(
+            f"  noisy: per-round ratios span {min(ratios):.3f}-{max(ratios):.3f}; something "
+            "else was using the CPU. Run again on a quiet machine before reading the ratio."
+        )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -127,6 +144,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="leave CPU placement to the system"
+    )
     return parser.parse_args(argv)
 
 
@@ -140,6 +160,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             standby.start()
             wait_for_replay(primary, standby)
+            pinned = None
+            if args.pin:
+                pinned = pin_cpus(
+                    *(
+                        int((server.data_dir / "postmaster.pid").read_text().split()[0])
+                        for server in (primary, standby)
+                    )
+                )
+            print(f"CPUs: {pinned or 'not pinned'}")
             asyncio.run(run(primary_url, standby.url("dbrouter_bench"), args))
         finally:
             standby.cleanup()

@@ -16,7 +16,7 @@ from fastapi.dependencies.utils import get_dependant
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -271,27 +271,35 @@ def _add_token(message: Message, record: RequestConsistency) -> None:
     )
 
 
+_TOKEN_HEADER_KEY = TOKEN_HEADER.lower().encode("latin-1")
+_NO_MARKS: dict[str, Mark] = {}
+
+
 def _sent_marks(scope: Scope) -> dict[str, Mark]:
-    headers = Headers(scope=scope)
-    raw = headers.get(TOKEN_HEADER)
-    if raw is None:
-        cookies = headers.get("cookie")
-        if not cookies or TOKEN_COOKIE not in cookies:
-            return {}
-        raw = next(
-            (
-                part.split("=", 1)[1]
-                for part in cookies.split(";")
-                if part.strip().startswith(f"{TOKEN_COOKIE}=")
-            ),
-            None,
-        )
-        if raw is None:
-            return {}
+    """The positions of the token the request sent (header first, then cookie); shared
+    between requests, so never to be changed."""
+    cookies = None
+    for key, value in scope["headers"]:
+        if key == _TOKEN_HEADER_KEY:
+            return _parsed(value.decode("latin-1"))
+        if key == b"cookie":
+            cookies = value.decode("latin-1")
+    if not cookies or TOKEN_COOKIE not in cookies:
+        return _NO_MARKS
+    for part in cookies.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == TOKEN_COOKIE:
+            return _parsed(value)
+    return _NO_MARKS
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(raw: str) -> dict[str, Mark]:
+    # A client sends the same token again and again: parse it once.
     try:
         return parse_token(raw)
     except ValueError:
-        return {}  # a malformed token only costs the client its read-your-writes
+        return _NO_MARKS  # a malformed token only costs the client its read-your-writes
 
 
 def _database_names(routes: Iterable[Any], overrides: dict[Any, Any]) -> Iterator[str | None]:
