@@ -2,12 +2,13 @@
 on the same server.
 
 Both apps read one row from a real streaming standby. The plain side declares the standby
-as an ordinary database; the replica side declares it with ``replica_of`` and every request
-carries a consistency token the standby has already replayed, so each request pays for
-everything replica routing does: the token is parsed, a replica is chosen from the probe's
-last results and its position checked against the token, and the session is read-only.
-Rounds alternate A B B A ... through a bare ASGI call; the reported ratio is median replica
-throughput / median plain throughput (target: at least 0.98).
+as an ordinary database; the replica side declares it with ``replica_of``. The replica side
+runs twice: without a token, and with a consistency token the standby has already
+replayed on every request, which pays for everything replica routing does: the token is
+parsed, a replica is chosen from the probe's last results and its position checked against
+the token, and the session is read-only. Rounds rotate A B C, C B A ... through a bare ASGI
+call; each ratio is median replica throughput / median plain throughput (target: at least
+0.98).
 
     python benchmarks/bench_replicas.py [--rounds 8] [--requests 2000] [--concurrency 32]
 """
@@ -28,7 +29,6 @@ from bench_get_db import (
     Round,
     asyncpg_url,
     create_items,
-    interleaved,
     pin_cpus,
     raw_caller,
     run_round,
@@ -92,51 +92,54 @@ async def run(primary_url: str, standby_url: str, args: argparse.Namespace) -> N
         if await replica_set.wait_for(position, timeout=30) is None:
             raise SystemExit("the standby did not replay the items table")
         token = format_token({"primary": position}).encode()
-        plain_call = raw_caller(plain_manager.app)
-        replica_call = raw_caller(replica_manager.app, [(TOKEN_HEADER.lower().encode(), token)])
-        results: dict[bool, list[Round]] = {False: [], True: []}
-        for call in (plain_call, replica_call):
+        calls = {
+            "plain": raw_caller(plain_manager.app),
+            "replica": raw_caller(replica_manager.app),
+            "replica+token": raw_caller(
+                replica_manager.app, [(TOKEN_HEADER.lower().encode(), token)]
+            ),
+        }
+        results: dict[str, list[Round]] = {side: [] for side in calls}
+        for call in calls.values():
             await run_round(call, READ, args.requests, args.concurrency)
-        for is_replica in interleaved(args.rounds):
-            call = replica_call if is_replica else plain_call
-            results[is_replica].append(
-                await run_round(call, READ, args.requests, args.concurrency)
-            )
+        sides = list(calls)
+        for index in range(args.rounds):
+            # A B C, C B A, ...: slow drift weighs on every side alike.
+            for side in sides if index % 2 == 0 else reversed(sides):
+                results[side].append(
+                    await run_round(calls[side], READ, args.requests, args.concurrency)
+                )
     report(results)
 
 
-def report(results: dict[bool, list[Round]]) -> None:
-    print("read through get_db('replica') with a token vs get_db on the same standby")
-    print(f"  {'round':>6}  {'plain':>8}  {'replica':>8}  ratio  {'CPU us/request':>18}")
-    ratios = []
-    for index, (plain, replica) in enumerate(zip(results[False], results[True], strict=True)):
-        ratio = replica.throughput / plain.throughput
-        ratios.append(ratio)
+def report(results: dict[str, list[Round]]) -> None:
+    print("reads of one row: get_db on the standby declared plainly ('plain'), and")
+    print("get_db('replica') on it declared with replica_of, without and with a token")
+    sides = list(results)
+    print("  round  " + "  ".join(f"{side:>14}" for side in sides) + "   (requests/s)")
+    for index in range(len(results[sides[0]])):
+        figures = "  ".join(f"{results[side][index].throughput:>14.0f}" for side in sides)
+        print(f"  {index + 1:>5}  {figures}")
+    plain = results["plain"]
+    plain_median = statistics.median(r.throughput for r in plain)
+    plain_cpu = statistics.median(r.cpu_us for r in plain)
+    for side in sides[1:]:
+        rounds = results[side]
+        median = statistics.median(r.throughput for r in rounds)
+        cpu = statistics.median(r.cpu_us for r in rounds)
+        ratio = median / plain_median
+        ratios = [r.throughput / p.throughput for r, p in zip(rounds, plain, strict=True)]
+        verdict = "ok" if ratio >= TARGET_RATIO else "BELOW"
         print(
-            f"  {index + 1:>6}  {plain.throughput:>8.0f}  {replica.throughput:>8.0f}  "
-            f"{ratio:.3f}  {plain.cpu_us:>8.1f} {replica.cpu_us:>8.1f}"
+            f"  {side}: ratio = {ratio:.3f} (target >= {TARGET_RATIO}: {verdict}); overhead "
+            f"{1e6 / median - 1e6 / plain_median:+.1f} us wall, {cpu - plain_cpu:+.1f} us CPU "
+            f"per request (CPU {plain_cpu:.1f} vs {cpu:.1f} us)"
         )
-    plain_median = statistics.median(r.throughput for r in results[False])
-    replica_median = statistics.median(r.throughput for r in results[True])
-    plain_cpu = statistics.median(r.cpu_us for r in results[False])
-    replica_cpu = statistics.median(r.cpu_us for r in results[True])
-    ratio = replica_median / plain_median
-    overhead = 1e6 / replica_median - 1e6 / plain_median
-    verdict = "ok" if ratio >= TARGET_RATIO else "BELOW"
-    print(
-        f"  median {plain_median:.0f} vs {replica_median:.0f} requests/s: ratio = {ratio:.3f} "
-        f"(target >= {TARGET_RATIO}: {verdict})"
-    )
-    print(
-        f"  overhead {overhead:+.1f} us wall, {replica_cpu - plain_cpu:+.1f} us CPU per request "
-        f"(CPU {plain_cpu:.1f} vs {replica_cpu:.1f} us; CPU ratio "
-        f"{plain_cpu / replica_cpu:.3f})"
-    )
-    if max(ratios) - min(ratios) > NOISY_SPAN:
-        print(
-            f"  noisy: per-round ratios span {min(ratios):.3f}-{max(ratios):.3f}; something "
-            "else was using the CPU. Run again on a quiet machine before reading the ratio."
-        )
+        if max(ratios) - min(ratios) > NOISY_SPAN:
+            print(
+                f"    noisy: per-round ratios span {min(ratios):.3f}-{max(ratios):.3f}; "
+                "something else was using the CPU. Run again on a quiet machine."
+            )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

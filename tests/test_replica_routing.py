@@ -415,3 +415,16 @@ async def test_check_outside_a_lifespan_measures_rotation(
     assert (down.in_rotation, down.reason) == (False, "unreachable")
     assert await asyncio.to_thread(main, ["check"]) == 0
     assert "  replica            out: unreachable" in capsys.readouterr().out
+
+
+async def test_replica_connections_are_read_only_from_the_start(
+    replication: Replication,
+) -> None:
+    router, _ = build(replication)
+    async with router:
+        async with router.engine("replica").connect() as connection:
+            assert await connection.scalar(text("SHOW default_transaction_read_only")) == "on"
+        async with router.session("replica") as session:
+            assert await session.scalar(text("SHOW transaction_read_only")) == "on"
+        async with router.engine("primary").connect() as connection:
+            assert await connection.scalar(text("SHOW default_transaction_read_only")) == "off"

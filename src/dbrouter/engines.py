@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.pool import NullPool, StaticPool
 
 from .consistency import current_consistency, position_after_commit
+from .readonly import make_connections_read_only, read_only_by_connection
 from .settings import DatabaseSettings
 from .urls import is_postgresql, is_sqlite
 
@@ -50,8 +51,14 @@ def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
         )
     connect_args["timeout"] = settings.connect_timeout
     if is_postgresql(url) and url.get_driver_name() == "asyncpg":
+        server_settings: dict[str, str] = {}
         if "application_name" not in url.query:
-            connect_args["server_settings"] = {"application_name": f"dbrouter:{name}"[:63]}
+            server_settings["application_name"] = f"dbrouter:{name}"[:63]
+        if settings.replica_of is not None and read_only_by_connection(settings):
+            # Sent when connecting: every transaction on a replica is read-only, for free.
+            server_settings["default_transaction_read_only"] = "on"
+        if server_settings:
+            connect_args["server_settings"] = server_settings
         if settings.pgbouncer:
             # PgBouncer in transaction mode may hand each transaction another server
             # connection: prepared statements must not be cached or share names.
@@ -70,7 +77,10 @@ def build_engine(settings: DatabaseSettings, *, name: str, **overrides: Any) -> 
         for key in ("pool_size", "max_overflow", "pool_timeout", "pool_use_lifo"):
             options.pop(key, None)
     options.update(overrides)
-    return create_async_engine(options.pop("url"), **options)
+    engine = create_async_engine(options.pop("url"), **options)
+    if settings.replica_of is not None:
+        make_connections_read_only(engine, settings)
+    return engine
 
 
 class RoutedSession(Session):

@@ -41,7 +41,7 @@ class LentSession:
         make_session: SessionMaker | None = None,
         *,
         commit: bool = False,
-        route: Callable[[], Awaitable[Route]] | None = None,
+        route: Callable[[], Route | Awaitable[Route]] | None = None,
     ) -> None:
         self._database = database
         self._make = make_session
@@ -52,7 +52,10 @@ class LentSession:
 
     async def __aenter__(self) -> AsyncSession:
         if self._route is not None:
-            self._database, self._make, self._on_outage = await self._route()
+            route = self._route()
+            if not isinstance(route, tuple):
+                route = await route  # waiting for a replica to catch up
+            self._database, self._make, self._on_outage = route
         database = self._database
         assert database is not None
         assert self._make is not None

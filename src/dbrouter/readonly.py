@@ -6,7 +6,9 @@ the first statement, and the connection is marked read-only just before (SQLAlch
 lifted when the connection goes back to the pool.
 
 A replica's sessions use them wherever they land, the primary included when reads fall
-back to it: a write fails with a clear error and changes nothing.
+back to it: a write fails with a clear error and changes nothing. On a replica's own
+servers the connections are read-only from the moment they open, so its sessions there
+need no per-transaction step at all.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
 from .errors import DBRouterError
+from .settings import DatabaseSettings
+from .urls import is_postgresql, is_sqlite
 
 _QUERY_ONLY = "dbrouter_query_only"
 _READ_ONLY = "dbrouter_read_only"
@@ -28,8 +32,14 @@ class ReadOnlySessionError(DBRouterError, RuntimeError):
     """A write was attempted through a read-only (replica) session."""
 
 
-class ReadOnlySession(Session):
-    """A session whose transactions are read-only; ORM flushes are refused before any SQL."""
+class ReplicaSession(Session):
+    """A session on a replica's own server, whose connections are read-only already; ORM
+    flushes are refused before any SQL."""
+
+
+class ReadOnlySession(ReplicaSession):
+    """A replica session on a server whose connections are not read-only by themselves
+    (the primary, when reads fall back to it): each transaction is opened read-only."""
 
 
 @event.listens_for(ReadOnlySession, "after_begin")
@@ -56,7 +66,7 @@ def _begin_read_only(
         connection.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
-@event.listens_for(ReadOnlySession, "before_flush")
+@event.listens_for(ReplicaSession, "before_flush")
 def _refuse_flush(session: Session, flush_context: Any, instances: Any) -> None:
     if session.new or session.dirty or session.deleted:
         raise ReadOnlySessionError(
@@ -65,8 +75,52 @@ def _refuse_flush(session: Session, flush_context: Any, instances: Any) -> None:
         )
 
 
+def read_only_by_connection(settings: DatabaseSettings) -> bool:
+    """Whether every connection of a replica with *settings* is read-only from the start.
+
+    asyncpg asks for ``default_transaction_read_only`` when it connects (not through
+    PgBouncer, which refuses unknown startup parameters); SQLite connections get
+    ``PRAGMA query_only``. Every transaction on them is read-only, AUTOCOMMIT included,
+    at no cost per session.
+    """
+    url = settings.url
+    if is_sqlite(url):
+        return True
+    return is_postgresql(url) and url.get_driver_name() == "asyncpg" and not settings.pgbouncer
+
+
+def make_connections_read_only(engine: AsyncEngine, settings: DatabaseSettings) -> None:
+    """The part of `read_only_by_connection` done by events (SQLite); asyncpg's is a
+    connect argument (see `dbrouter.engines`)."""
+    if is_sqlite(settings.url):
+        event.listen(engine.sync_engine, "connect", _query_only)
+
+
+def _query_only(dbapi_connection: Any, record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA query_only = ON")
+    finally:
+        cursor.close()
+
+
+def replica_sessionmaker(
+    engine: AsyncEngine, settings: DatabaseSettings
+) -> async_sessionmaker[AsyncSession]:
+    """The sessionmaker of replica sessions on the replica server *engine* reaches."""
+    if not read_only_by_connection(settings):
+        return read_only_sessionmaker(engine)
+    return async_sessionmaker(
+        engine,
+        class_=AsyncSession,
+        sync_session_class=ReplicaSession,
+        autoflush=False,
+        expire_on_commit=False,
+    )
+
+
 def read_only_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Read-only sessions on *engine*, configured like every other dbrouter session."""
+    """Sessions on *engine* whose every transaction is opened read-only."""
     if not event.contains(engine.sync_engine, "reset", _lift_read_only):
         event.listen(engine.sync_engine, "reset", _lift_read_only)
     return async_sessionmaker(

@@ -4,8 +4,9 @@ that make read-your-writes hold."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,7 +16,7 @@ from .consistency import current_consistency
 from .engines import SessionFactory, build_engine
 from .errors import DatabaseUnavailableError
 from .lending import Route
-from .readonly import read_only_sessionmaker
+from .readonly import read_only_sessionmaker, replica_sessionmaker
 from .registry import Database, DatabaseRegistry, drain_and_dispose
 from .replicas import ReplicaMember, ReplicaSet, ReplicaStatus
 from .urls import is_postgresql
@@ -51,14 +52,22 @@ class ReplicaGroup:
         self.primary = primary
         self.members: tuple[Database, ...] = (replica, *self._extra_hosts(replica, budget))
         self._read_only: dict[int, SessionFactory] = {
-            id(database.engine): read_only_sessionmaker(database.engine)
-            for database in (*self.members, primary)
+            id(database.engine): replica_sessionmaker(database.engine, database.settings)
+            for database in self.members
         }
+        self._read_only[id(primary.engine)] = read_only_sessionmaker(primary.engine)
         self.closed = False
         self.replica_set: ReplicaSet | None = None
+        # Routes are built once: choosing one costs no allocation per session.
+        self._primary_route: Route = (primary, self.read_only(primary), None)
+        self._member_routes: list[Route] = [
+            (database, self.read_only(database), None) for database in self.members
+        ]
+        self._index: dict[int, int] = {}
+        self._members_by_engine: dict[int, ReplicaMember] = {}
         if is_postgresql(replica.settings.url):
             weights = [replica.settings.weight, *(host.weight for host in self.settings.hosts)]
-            self.replica_set = ReplicaSet(
+            replica_set = ReplicaSet(
                 primary,
                 [
                     ReplicaMember(db, weight)
@@ -66,6 +75,16 @@ class ReplicaGroup:
                 ],
                 policy=self.settings.balance,
             )
+            self.replica_set = replica_set
+            for index, member in enumerate(replica_set.members):
+                outage = functools.partial(replica_set.report_failure, member)
+                self._member_routes[index] = (
+                    member.database,
+                    self.read_only(member.database),
+                    outage,
+                )
+                self._index[id(member)] = index
+                self._members_by_engine[id(member.database.engine)] = member
 
     @staticmethod
     def _extra_hosts(replica: Database, budget: ConnectionBudget | None) -> list[Database]:
@@ -76,7 +95,8 @@ class ReplicaGroup:
             engine = build_engine(settings, name=name)
             if budget is not None:
                 budget.instrument(engine, name=name, timeout=settings.pool_timeout)
-            extra.append(Database(name, settings, engine, read_only_sessionmaker(engine)))
+            sessions = replica_sessionmaker(engine, settings)
+            extra.append(Database(name, settings, engine, sessions))
         return extra
 
     def read_only(self, database: Database) -> SessionFactory:
@@ -85,38 +105,47 @@ class ReplicaGroup:
 
     async def route(self) -> ReplicaRoute:
         """Where the next session goes, honouring the request's consistency token."""
+        found = self.lend_route()
+        database, sessionmaker, _ = found if isinstance(found, tuple) else await found
+        member = self._members_by_engine.get(id(database.engine))
+        if member is None:
+            return ReplicaRoute(database, sessionmaker)
+        return ReplicaRoute(database, sessionmaker, member, self.replica_set)
+
+    def lend_route(self) -> Route | Awaitable[Route]:
+        """`route` in the form `LentSession` takes: at once, without I/O, unless the read
+        may wait for a replica (``consistency_wait``)."""
         record = current_consistency()
         mark = None if record is None else record.required.get(self.primary.name)
         if isinstance(mark, float):
             if time.time() - mark < self.settings.consistency_window:
-                return self._on_primary()
+                return self._primary_route
             mark = None
         replica_set = self.replica_set
-        if replica_set is not None and not replica_set.running and not self.closed:
-            replica_set.start()  # used outside a lifespan: probe from the first read on
         if replica_set is None:
-            replica = self.members[0]
-            return ReplicaRoute(replica, self.read_only(replica))
+            return self._member_routes[0]
+        if not replica_set.running and not self.closed:
+            replica_set.start()  # used outside a lifespan: probe from the first read on
         member = replica_set.choose(mark)
         if member is None and mark is not None and self.settings.consistency_wait > 0:
-            member = await replica_set.wait_for(mark, self.settings.consistency_wait)
+            return self._wait_route(replica_set, mark)
+        return self._decide(replica_set, member, mark)
+
+    async def _wait_route(self, replica_set: ReplicaSet, mark: int) -> Route:
+        member = await replica_set.wait_for(mark, self.settings.consistency_wait)
+        return self._decide(replica_set, member, mark)
+
+    def _decide(
+        self, replica_set: ReplicaSet, member: ReplicaMember | None, mark: int | None
+    ) -> Route:
         if member is not None:
-            database = member.database
-            return ReplicaRoute(database, self.read_only(database), member, replica_set)
+            return self._member_routes[self._index[id(member)]]
         behind = mark is not None and any(m.in_rotation for m in replica_set.members)
         if behind or self.settings.fallback == "primary":
             # Replicas still behind the client's own write are no outage: the primary has
             # it. With none in rotation at all, `fallback` decides.
-            return self._on_primary()
+            return self._primary_route
         raise DatabaseUnavailableError(self.name, "no replica is in rotation")
-
-    async def lend_route(self) -> Route:
-        """`route` in the form `LentSession` takes."""
-        route = await self.route()
-        return route.database, route.sessionmaker, route.report_outage
-
-    def _on_primary(self) -> ReplicaRoute:
-        return ReplicaRoute(self.primary, self.read_only(self.primary))
 
     def status(self) -> tuple[ReplicaStatus, ...]:
         """The rotation, lag and replay position of every member (PostgreSQL only)."""
