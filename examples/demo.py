@@ -125,8 +125,18 @@ async def list_tenant_notes(
 
 
 def configured_by_environment() -> bool:
-    """Whether ``DBROUTER_DATABASES__...`` variables declare the databases."""
-    return any(key.upper().startswith("DBROUTER_DATABASES") for key in os.environ)
+    """Whether ``DBROUTER_DATABASES__...`` variables, or entries of ``./.env``, declare the
+    databases."""
+    if any(key.upper().startswith("DBROUTER_DATABASES") for key in os.environ):
+        return True
+    dotenv = Path(".env")
+    if not dotenv.is_file():
+        return False
+    for line in dotenv.read_text(encoding="utf-8").splitlines():
+        key = line.strip().removeprefix("export ").lstrip()
+        if key.upper().startswith("DBROUTER_DATABASES"):
+            return True
+    return False
 
 
 def demo_settings() -> RouterSettings:

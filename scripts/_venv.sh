@@ -8,7 +8,13 @@ PYTHON_BIN="${PYTHON:-python3}"
 ensure_venv() {
     local extras="$1"
     if [ ! -x "$VENV/bin/python" ]; then
-        "$PYTHON_BIN" -m venv "$VENV"
+        if ! "$PYTHON_BIN" -m venv "$VENV" 2>/dev/null; then
+            # Some distributions ship Python without ensurepip (Debian's python3-venv):
+            # make the environment bare and let the machine's own pip put pip into it.
+            rm -rf "$VENV"
+            "$PYTHON_BIN" -m venv --without-pip "$VENV"
+            "$PYTHON_BIN" -m pip --python "$VENV/bin/python" install --quiet pip
+        fi
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
     fi
     local stamp="$VENV/.dbrouter-$extras"

@@ -119,6 +119,17 @@ async def test_demo_on_postgresql_from_environment(
     assert not (tmp_path / ".demo-data").exists()
 
 
+async def test_demo_on_postgresql_from_a_dotenv_file(tmp_path: Path, pg_url: str) -> None:
+    (tmp_path / ".env").write_text(
+        f"DBROUTER_DATABASES__PRIMARY__URL={pg_url}\n"
+        f"export DBROUTER_DATABASES__REPLICA__URL={pg_url}\n"
+        "DBROUTER_DATABASES__REPLICA__REPLICA_OF=primary\n",
+        encoding="utf-8",
+    )
+    await exercise(build_app())
+    assert not (tmp_path / ".demo-data").exists()
+
+
 async def test_demo_tenants_on_postgresql_from_environment(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
