@@ -428,3 +428,26 @@ async def test_replica_connections_are_read_only_from_the_start(
             assert await session.scalar(text("SHOW transaction_read_only")) == "on"
         async with router.engine("primary").connect() as connection:
             assert await connection.scalar(text("SHOW default_transaction_read_only")) == "off"
+
+
+async def test_sessions_sent_to_a_standby_that_just_went_down_move_on(
+    replication: Replication,
+) -> None:
+    # The probe has seen the standby healthy and will not look again for a minute; every
+    # request now is routed to it, finds it gone when it connects, and moves to the primary.
+    router, app = build(replication, health_check_interval=60)
+    async with serve(app) as client:
+        assert (await client.get("/read")).json()["standby"] is True
+        group = router.replication.groups["replica"]  # type: ignore[union-attr]
+        assert group.replica_set is not None
+        member = group.replica_set.members[0]
+        assert member.in_rotation
+        await asyncio.to_thread(replication.standby.stop, "immediate")
+        reads = [client.get("/read") for _ in range(10)]
+        # Writes through replica sessions that move stay read-only on the primary.
+        writes = [client.post("/replica/raw", params={"payload": "moved"}) for _ in range(3)]
+        responses = await asyncio.gather(*reads, *writes)
+        assert [response.status_code for response in responses] == [200] * 10 + [500] * 3
+        assert {response.json()["standby"] for response in responses[:10]} == {False}
+        assert (member.in_rotation, member.reason) == (False, "unreachable")
+    assert await primary_count(replication, "moved") == 0

@@ -796,7 +796,7 @@ async def test_the_connection_budget_holds_across_tenants(
                     "url_template": databases.url_template,
                     "pool_size": 2,
                     "max_overflow": 0,
-                    "pool_timeout": 1,
+                    "pool_timeout": 3,
                 },
             )
         )
@@ -839,10 +839,11 @@ async def test_the_connection_budget_holds_across_tenants(
         sampling = False
         await sampler
     assert set(statuses) <= {200, 503}, statuses
-    # 4 connections serve 30 requests of 0.1 s well within the 1 s pool timeout, as long
-    # as connections idle in one tenant's pool go to requests waiting for another.
-    assert statuses[200] >= 60, statuses
-    assert peak <= 4
+    # 4 connections serve 30 requests of 0.1 s well within the 3 s pool timeout, as long
+    # as connections idle in one tenant's pool go to requests waiting for another (without
+    # that, about half of them wait out the timeout).
+    assert statuses[200] >= 80, statuses
+    assert peak <= 4, peak
     assert router.open_connections == 0
 
 

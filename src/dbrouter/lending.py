@@ -7,13 +7,15 @@ every request.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .errors import RouterClosedError
 from .outages import as_unavailable
+from .readonly import FAIL_OVER_KEY
 from .registry import Database
 
 logger = logging.getLogger("dbrouter")
@@ -62,11 +64,43 @@ class LentSession:
         if not database.leases.acquire():
             raise RouterClosedError()
         try:
-            self._session = self._make()
+            self._session = session = self._make()
         except BaseException:
             database.leases.release()
             raise
-        return self._session
+        if self._on_outage is not None:
+            session.info[FAIL_OVER_KEY] = self._fail_over
+        return session
+
+    def _fail_over(self, error: BaseException) -> Engine | None:
+        """Another server for a replica session whose server could not be reached before
+        its transaction read anything; None to let *error* stand."""
+        database, route = self._database, self._route
+        assert database is not None
+        if route is None or self._on_outage is None:
+            return None
+        if as_unavailable(error, database.name) is None:
+            return None
+        self._on_outage()  # out of rotation: routing will not pick it again
+        try:
+            found = route()
+        except Exception:
+            return None  # nowhere else to go: the original error stands
+        if not isinstance(found, tuple):
+            if isinstance(found, Coroutine):
+                found.close()  # it would wait for a replica to catch up: not here
+            return None
+        other, _, on_outage = found
+        if other is database or not other.leases.acquire():
+            return None
+        database.leases.release()
+        self._database, self._on_outage = other, on_outage
+        session = self._session
+        assert session is not None
+        session.bind = other.engine
+        session.sync_session.bind = other.engine.sync_engine
+        logger.info("dbrouter: %r unreachable, session moved to %r", database.name, other.name)
+        return other.engine.sync_engine
 
     async def __aexit__(
         self,

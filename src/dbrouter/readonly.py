@@ -13,10 +13,11 @@ need no per-transaction step at all.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -32,20 +33,46 @@ class ReadOnlySessionError(DBRouterError, RuntimeError):
     """A write was attempted through a read-only (replica) session."""
 
 
+FAIL_OVER_KEY = "dbrouter_fail_over"
+"""The key in ``session.info`` of the callable that finds another server for a replica
+session whose server could not be reached: given the error, it returns that server's
+(sync) engine, or None when there is none."""
+
+_READ_ONLY_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
 class ReplicaSession(Session):
-    """A session on a replica's own server, whose connections are read-only already; ORM
-    flushes are refused before any SQL."""
+    """A replica session: read-only wherever it lands, ORM flushes refused before any SQL.
+
+    On a replica's own servers the connections are read-only already (see
+    `read_only_by_connection`); elsewhere (the primary, when reads fall back to it) each
+    transaction is opened read-only. A transaction whose first connection cannot be made
+    moves to another server when the session knows one (``info[FAIL_OVER_KEY]``).
+    """
+
+    def _connection_for_bind(
+        self, engine: Any, execution_options: Any = None, **kw: Any
+    ) -> Connection:
+        try:
+            return super()._connection_for_bind(engine, execution_options, **kw)
+        except Exception as exc:
+            fail_over = self.info.get(FAIL_OVER_KEY)
+            transaction = self.get_transaction()
+            # Only before the transaction has read anything: it must see one server.
+            if fail_over is None or transaction is None or transaction._connections:
+                raise
+            other = fail_over(exc)
+            if other is None:
+                raise
+            return super()._connection_for_bind(other, execution_options, **kw)
 
 
-class ReadOnlySession(ReplicaSession):
-    """A replica session on a server whose connections are not read-only by themselves
-    (the primary, when reads fall back to it): each transaction is opened read-only."""
-
-
-@event.listens_for(ReadOnlySession, "after_begin")
+@event.listens_for(ReplicaSession, "after_begin")
 def _begin_read_only(
     session: Session, transaction: SessionTransaction, connection: Connection
 ) -> None:
+    if connection.engine in _READ_ONLY_ENGINES:
+        return  # read-only since it connected
     dialect = connection.dialect
     pooled = connection.connection
     if dialect.name == "sqlite":
@@ -90,10 +117,11 @@ def read_only_by_connection(settings: DatabaseSettings) -> bool:
 
 
 def make_connections_read_only(engine: AsyncEngine, settings: DatabaseSettings) -> None:
-    """The part of `read_only_by_connection` done by events (SQLite); asyncpg's is a
-    connect argument (see `dbrouter.engines`)."""
+    """Note *engine* as read-only from the start (asyncpg's part is a connect argument,
+    see `dbrouter.engines`), and make SQLite connections so as they open."""
     if is_sqlite(settings.url):
         event.listen(engine.sync_engine, "connect", _query_only)
+    _READ_ONLY_ENGINES.add(engine.sync_engine)
 
 
 def _query_only(dbapi_connection: Any, record: Any) -> None:
@@ -104,29 +132,16 @@ def _query_only(dbapi_connection: Any, record: Any) -> None:
         cursor.close()
 
 
-def replica_sessionmaker(
-    engine: AsyncEngine, settings: DatabaseSettings
-) -> async_sessionmaker[AsyncSession]:
-    """The sessionmaker of replica sessions on the replica server *engine* reaches."""
-    if not read_only_by_connection(settings):
-        return read_only_sessionmaker(engine)
-    return async_sessionmaker(
-        engine,
-        class_=AsyncSession,
-        sync_session_class=ReplicaSession,
-        autoflush=False,
-        expire_on_commit=False,
-    )
-
-
 def read_only_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions on *engine* whose every transaction is opened read-only."""
-    if not event.contains(engine.sync_engine, "reset", _lift_read_only):
+    """Replica sessions on *engine*, a replica's server or the primary they fall back to."""
+    if engine.sync_engine not in _READ_ONLY_ENGINES and not event.contains(
+        engine.sync_engine, "reset", _lift_read_only
+    ):
         event.listen(engine.sync_engine, "reset", _lift_read_only)
     return async_sessionmaker(
         engine,
         class_=AsyncSession,
-        sync_session_class=ReadOnlySession,
+        sync_session_class=ReplicaSession,
         autoflush=False,
         expire_on_commit=False,
     )

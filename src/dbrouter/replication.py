@@ -16,7 +16,7 @@ from .consistency import current_consistency
 from .engines import SessionFactory, build_engine
 from .errors import DatabaseUnavailableError
 from .lending import Route
-from .readonly import read_only_sessionmaker, replica_sessionmaker
+from .readonly import read_only_sessionmaker
 from .registry import Database, DatabaseRegistry, drain_and_dispose
 from .replicas import ReplicaMember, ReplicaSet, ReplicaStatus
 from .urls import is_postgresql
@@ -52,7 +52,7 @@ class ReplicaGroup:
         self.primary = primary
         self.members: tuple[Database, ...] = (replica, *self._extra_hosts(replica, budget))
         self._read_only: dict[int, SessionFactory] = {
-            id(database.engine): replica_sessionmaker(database.engine, database.settings)
+            id(database.engine): read_only_sessionmaker(database.engine)
             for database in self.members
         }
         self._read_only[id(primary.engine)] = read_only_sessionmaker(primary.engine)
@@ -95,8 +95,7 @@ class ReplicaGroup:
             engine = build_engine(settings, name=name)
             if budget is not None:
                 budget.instrument(engine, name=name, timeout=settings.pool_timeout)
-            sessions = replica_sessionmaker(engine, settings)
-            extra.append(Database(name, settings, engine, sessions))
+            extra.append(Database(name, settings, engine, read_only_sessionmaker(engine)))
         return extra
 
     def read_only(self, database: Database) -> SessionFactory:
