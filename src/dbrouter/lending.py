@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .errors import RouterClosedError
 from .outages import as_unavailable
-from .readonly import FAIL_OVER_KEY
+from .readonly import ReplicaSession
 from .registry import Database
 
 logger = logging.getLogger("dbrouter")
@@ -69,7 +69,9 @@ class LentSession:
             database.leases.release()
             raise
         if self._on_outage is not None:
-            session.info[FAIL_OVER_KEY] = self._fail_over
+            sync_session = session.sync_session
+            assert isinstance(sync_session, ReplicaSession)
+            sync_session.fail_over = self._fail_over
         return session
 
     def _fail_over(self, error: BaseException) -> Engine | None:
@@ -126,6 +128,11 @@ class LentSession:
                 await session.__aexit__(None, None, None)  # closes, shielded from cancellation
             finally:
                 database.leases.release()
+                sync_session = session.sync_session
+                if isinstance(sync_session, ReplicaSession):
+                    # The hook refers back to this object: left in place, every replica
+                    # session would live on in a reference cycle until a collection.
+                    sync_session.fail_over = None
 
     async def _failed(self, session: AsyncSession, database: Database, exc: BaseException) -> None:
         await _rollback_quietly(session)

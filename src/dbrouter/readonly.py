@@ -14,6 +14,7 @@ need no per-transaction step at all.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
@@ -33,11 +34,6 @@ class ReadOnlySessionError(DBRouterError, RuntimeError):
     """A write was attempted through a read-only (replica) session."""
 
 
-FAIL_OVER_KEY = "dbrouter_fail_over"
-"""The key in ``session.info`` of the callable that finds another server for a replica
-session whose server could not be reached: given the error, it returns that server's
-(sync) engine, or None when there is none."""
-
 _READ_ONLY_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
@@ -47,8 +43,12 @@ class ReplicaSession(Session):
     On a replica's own servers the connections are read-only already (see
     `read_only_by_connection`); elsewhere (the primary, when reads fall back to it) each
     transaction is opened read-only. A transaction whose first connection cannot be made
-    moves to another server when the session knows one (``info[FAIL_OVER_KEY]``).
+    moves to another server when the session knows one (`fail_over`).
     """
+
+    fail_over: Callable[[BaseException], Engine | None] | None = None
+    """Given the error that reaching this session's server raised, another server's (sync)
+    engine for the session, or None to let the error stand."""
 
     def _connection_for_bind(
         self, engine: Any, execution_options: Any = None, **kw: Any
@@ -56,7 +56,7 @@ class ReplicaSession(Session):
         try:
             return super()._connection_for_bind(engine, execution_options, **kw)
         except Exception as exc:
-            fail_over = self.info.get(FAIL_OVER_KEY)
+            fail_over = self.fail_over
             transaction = self.get_transaction()
             # Only before the transaction has read anything: it must see one server.
             if fail_over is None or transaction is None or transaction._connections:
