@@ -601,6 +601,27 @@ async def test_catalog_answers_are_cached(pg_url: str, postgres_admin_url: str) 
         await router.dispose()
 
 
+async def test_lookup_answers_expire(pg_url: str) -> None:
+    asked: Counter[str] = Counter()
+
+    async def catalog(tenant: str) -> TenantSettings | None:
+        asked[tenant] += 1
+        return None
+
+    router = DatabaseRouter(
+        RouterSettings(databases={"primary": {"url": pg_url}}, tenancy={"lookup_ttl": 0.3}),
+        tenant_catalog=catalog,
+    )
+    async with router:
+        for _ in range(2):
+            for _ in range(5):
+                with pytest.raises(UnknownTenantError):
+                    async with router.tenant_session("ghost"):
+                        pass
+            await asyncio.sleep(0.4)
+    assert asked == Counter({"ghost": 2})
+
+
 async def test_tenants_added_removed_and_repointed_at_runtime(
     postgres_admin_url: str, pg_url: str
 ) -> None:

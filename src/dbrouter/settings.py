@@ -163,6 +163,9 @@ class TenancySettings(_Model):
     """``database`` strategy: at most this many tenant engines stay cached."""
     engine_idle_ttl: float = Field(default=600.0, gt=0)
     """``database`` strategy: seconds an unused tenant engine stays cached."""
+    lookup_ttl: float = Field(default=60.0, gt=0)
+    """Seconds an answer about a tenant that is not declared (from the catalog, the URL
+    template or the schema), found or not found, is kept before it is asked again."""
     pool_size: int = Field(default=2, ge=1)
     """Pool size of a tenant engine (small: a process may serve many tenants)."""
     max_overflow: int = Field(default=3, ge=0)

@@ -35,7 +35,7 @@ class TenantDirectory:
     """Validates tenant ids and finds the settings of a tenant.
 
     Tenants come from, in order: static entries (configuration and `add`), the catalog
-    (when one is given; answers cached for *catalog_ttl* seconds, found and not found
+    (when one is given; answers cached for ``lookup_ttl`` seconds, found and not found
     alike), and otherwise *fallback* — the strategy's own way to tell whether a tenant
     exists (the URL template, an existing schema).
     """
@@ -45,14 +45,15 @@ class TenantDirectory:
         tenancy: TenancySettings,
         *,
         catalog: TenantCatalog | None = None,
-        catalog_ttl: float = 60.0,
         catalog_size: int = 10_000,
     ) -> None:
         self._pattern = re.compile(tenancy.id_pattern)
         self._max_length = tenancy.max_id_length()
         self._static: dict[str, TenantSettings] = dict(tenancy.tenants)
         self._catalog = catalog
-        self._answers: TTLCache[str, TenantSettings | None] = TTLCache(catalog_size, catalog_ttl)
+        self._answers: TTLCache[str, TenantSettings | None] = TTLCache(
+            catalog_size, tenancy.lookup_ttl
+        )
         self._pending: SingleFlight[str, TenantSettings | None] = SingleFlight()
 
     def validate(self, raw: object) -> str:
