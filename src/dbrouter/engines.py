@@ -78,7 +78,7 @@ def build_engine(settings: DatabaseSettings, *, name: str, **overrides: Any) -> 
             options.pop(key, None)
     options.update(overrides)
     engine = create_async_engine(options.pop("url"), **options)
-    if settings.replica_of is not None:
+    if settings.replica_of is not None and read_only_by_connection(settings):
         make_connections_read_only(engine, settings)
     return engine
 

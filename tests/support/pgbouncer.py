@@ -1,0 +1,189 @@
+"""A throwaway PgBouncer in transaction mode, in front of the test suite's PostgreSQL.
+
+The program is, in order: the one named by ``DBROUTER_TEST_PGBOUNCER``, ``pgbouncer`` on
+``PATH`` (or ``/usr/sbin``), or Debian's package fetched with ``apt-get download`` and
+unpacked with ``dpkg-deb`` into a cache directory, with the one library it needs that a
+machine may lack (c-ares). Fetching needs neither root nor an installation; it needs a
+Debian-like system with its package lists.
+
+PgBouncer refuses to run as root; when the tests run as root it runs as the same
+unprivileged account as the PostgreSQL servers. It listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from .postgres import HOST, _Account, _chown_tree, _server_account, _tmp_base, free_port
+
+__all__ = ["PGBOUNCER_ENV", "Unavailable", "find_pgbouncer", "running_pgbouncer"]
+
+PGBOUNCER_ENV = "DBROUTER_TEST_PGBOUNCER"
+_PACKAGES = ("pgbouncer", "libc-ares2")
+_START_TIMEOUT = 15.0
+
+
+class Unavailable(RuntimeError):
+    """No PgBouncer program could be found or fetched on this machine."""
+
+
+@dataclass(frozen=True)
+class PgBouncerProgram:
+    path: Path
+    library_dirs: tuple[Path, ...] = ()
+
+
+def find_pgbouncer() -> PgBouncerProgram:
+    """The PgBouncer program to run; `Unavailable` saying why there is none."""
+    configured = os.environ.get(PGBOUNCER_ENV)
+    if configured:
+        return PgBouncerProgram(Path(configured))
+    found = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK) else None
+    )
+    if found:
+        return PgBouncerProgram(Path(found))
+    return _fetched()
+
+
+def _fetched() -> PgBouncerProgram:
+    if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
+        raise Unavailable(
+            f"no pgbouncer program: install PgBouncer, put it on PATH or name it in "
+            f"{PGBOUNCER_ENV} (on Debian-like systems the suite fetches it by itself)"
+        )
+    # Under /tmp, readable by everyone: the server account must be able to run it.
+    cache = Path(_tmp_base()) / f"dbrouter-pgbouncer-{os.getuid()}"
+    program = cache / "root" / "usr" / "sbin" / "pgbouncer"
+    libraries = tuple(
+        cache / "root" / sub for sub in ("usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu")
+    )
+    if not program.exists():
+        download = Path(tempfile.mkdtemp(prefix="dbrouter-pgbouncer-deb-", dir=_tmp_base()))
+        try:
+            os.chmod(download, 0o777)  # apt's sandbox account writes the files
+            result = subprocess.run(
+                ["apt-get", "download", *_PACKAGES],
+                cwd=download,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=300,
+            )
+            debs = sorted(download.glob("*.deb"))
+            if result.returncode != 0 or len(debs) < len(_PACKAGES):
+                raise Unavailable(
+                    "no pgbouncer program, and `apt-get download pgbouncer` failed: "
+                    + (result.stderr.strip().splitlines() or ["no output"])[-1]
+                )
+            unpacked = Path(tempfile.mkdtemp(prefix="unpack-", dir=download))
+            for deb in debs:
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
+            cache.mkdir(mode=0o755, exist_ok=True)
+            os.chmod(cache, 0o755)
+            shutil.rmtree(cache / "root", ignore_errors=True)
+            os.replace(unpacked, cache / "root")
+            os.chmod(cache / "root", 0o755)
+        finally:
+            shutil.rmtree(download, ignore_errors=True)
+    return PgBouncerProgram(program, tuple(path for path in libraries if path.is_dir()))
+
+
+@contextlib.contextmanager
+def running_pgbouncer(server_url: str, *, pool_size: int = 3) -> Iterator[str]:
+    """PgBouncer in transaction mode in front of the server of *server_url* (any database
+    name passes through), with at most *pool_size* server connections per database; yields
+    *server_url* with its host and port replaced by PgBouncer's."""
+    program = find_pgbouncer()
+    server = make_url(server_url)
+    account = _server_account()
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="dbrouter-pgbouncer-", dir=_tmp_base()))
+    user = server.username or "postgres"
+    target = f"host={server.host or HOST} port={server.port or 5432} user={user}"
+    if server.password:
+        target += f" password={server.password}"
+    (workdir / "userlist.txt").write_text(f'"{user}" ""\n', encoding="utf-8")
+    (workdir / "pgbouncer.ini").write_text(
+        "\n".join(
+            [
+                "[databases]",
+                f"* = {target}",
+                "[pgbouncer]",
+                f"listen_addr = {HOST}",
+                f"listen_port = {port}",
+                "unix_socket_dir =",
+                "auth_type = trust",
+                f"auth_file = {workdir / 'userlist.txt'}",
+                "pool_mode = transaction",
+                f"default_pool_size = {pool_size}",
+                "max_client_conn = 1000",
+                f"logfile = {workdir / 'pgbouncer.log'}",
+                f"pidfile = {workdir / 'pgbouncer.pid'}",
+                "ignore_startup_parameters = extra_float_digits",
+                "",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    os.chmod(workdir, 0o700)
+    if account is not None:
+        _chown_tree(workdir, account)
+    process = _start(program, workdir, account)
+    try:
+        _wait_until_listening(port, process, workdir)
+        yield server.set(host=HOST, port=port).render_as_string(hide_password=False)
+    finally:
+        process.send_signal(signal.SIGINT)  # immediate shutdown
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _start(
+    program: PgBouncerProgram, workdir: Path, account: _Account | None
+) -> subprocess.Popen[bytes]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+    if program.library_dirs:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(str(path) for path in program.library_dirs)
+    return subprocess.Popen(
+        [str(program.path), str(workdir / "pgbouncer.ini")],
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        user=account.uid if account is not None else None,
+        group=account.gid if account is not None else None,
+        extra_groups=[] if account is not None else None,
+    )
+
+
+def _wait_until_listening(port: int, process: subprocess.Popen[bytes], workdir: Path) -> None:
+    deadline = time.monotonic() + _START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log = workdir / "pgbouncer.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+            raise RuntimeError(f"pgbouncer exited with {process.returncode}:\n{tail}")
+        with socket.socket() as sock:
+            if sock.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"pgbouncer did not listen on {HOST}:{port} within {_START_TIMEOUT} s")
