@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -40,6 +41,20 @@ def through(pgbouncer: str, url: str) -> str:
     )
 
 
+def bounced(
+    pgbouncer: str, url: str, *, pgbouncer_flag: bool = True, **top: Any
+) -> RouterSettings:
+    """Settings with *url*'s database as ``primary``, reached through *pgbouncer* by a pool
+    of ten connections (more than PgBouncer's three server connections)."""
+    primary = {
+        "url": through(pgbouncer, url),
+        "pgbouncer": pgbouncer_flag,
+        "pool_size": 10,
+        "max_overflow": 0,
+    }
+    return RouterSettings(databases={"primary": primary}, **top)
+
+
 async def concurrent_work(router: DatabaseRouter, count: int) -> list[str]:
     """*count* concurrent committed sessions, each with two statements; the errors."""
     errors: list[str] = []
@@ -60,18 +75,7 @@ async def concurrent_work(router: DatabaseRouter, count: int) -> list[str]:
 
 @pytest.mark.parametrize("flag", [True, False])
 async def test_sessions_through_pgbouncer(pgbouncer: str, pg_url: str, flag: bool) -> None:
-    router = DatabaseRouter(
-        RouterSettings(
-            databases={
-                "primary": {
-                    "url": through(pgbouncer, pg_url),
-                    "pgbouncer": flag,
-                    "pool_size": 10,
-                    "max_overflow": 0,
-                }
-            }
-        )
-    )
+    router = DatabaseRouter(bounced(pgbouncer, pg_url, pgbouncer_flag=flag))
     async with router:
         async with router.session(commit=True) as session:
             await session.execute(text("CREATE TABLE items (id serial PRIMARY KEY, n int)"))
@@ -114,19 +118,7 @@ async def test_a_replica_through_pgbouncer(pgbouncer: str, pg_url: str) -> None:
 async def test_schema_tenants_through_pgbouncer(pgbouncer: str, pg_url: str) -> None:
     tenants = [f"t{number}" for number in range(6)]
     await tenant_schemas(pg_url, tenants)
-    router = DatabaseRouter(
-        RouterSettings(
-            databases={
-                "primary": {
-                    "url": through(pgbouncer, pg_url),
-                    "pgbouncer": True,
-                    "pool_size": 8,
-                    "max_overflow": 0,
-                }
-            },
-            tenancy={"strategy": "schema"},
-        )
-    )
+    router = DatabaseRouter(bounced(pgbouncer, pg_url, tenancy={"strategy": "schema"}))
 
     async def owners(tenant: str) -> tuple[str, list[str]]:
         async with router.tenant_session(tenant) as session:

@@ -9,6 +9,7 @@ import random
 import string
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import asyncpg
@@ -212,14 +213,19 @@ async def test_isolation_under_concurrency(router: DatabaseRouter) -> None:
     assert sum(written.values()) > 100
 
 
-async def test_schema_pins_leave_nothing_on_the_connection(pg_url: str) -> None:
+async def one_connection_schema_router(pg_url: str) -> DatabaseRouter:
+    """Schema tenants alpha and beta, and a pool of one connection they all share."""
     await tenant_schemas(pg_url, ["alpha", "beta"])
-    router = DatabaseRouter(
+    return DatabaseRouter(
         RouterSettings(
             databases={"primary": {"url": pg_url, "pool_size": 1, "max_overflow": 0}},
             tenancy={"strategy": "schema"},
         )
     )
+
+
+async def test_schema_pins_leave_nothing_on_the_connection(pg_url: str) -> None:
+    router = await one_connection_schema_router(pg_url)
     async with serve(tenant_app(router)) as client:
         for _ in range(3):
             for tenant in ("alpha", "beta"):
@@ -267,13 +273,7 @@ async def test_raw_sql_never_falls_through_to_public(pg_url: str) -> None:
 async def test_temporary_tables_do_not_outlive_the_tenant_session(pg_url: str) -> None:
     # PostgreSQL searches pg_temp before the search path, and temporary tables outlive
     # transactions: on one pooled connection they would shadow the next borrower's tables.
-    await tenant_schemas(pg_url, ["alpha", "beta"])
-    router = DatabaseRouter(
-        RouterSettings(
-            databases={"primary": {"url": pg_url, "pool_size": 1, "max_overflow": 0}},
-            tenancy={"strategy": "schema"},
-        )
-    )
+    router = await one_connection_schema_router(pg_url)
     async with router:
         async with router.tenant_session("alpha", commit=True) as session:
             await session.execute(text("CREATE TEMP TABLE notes AS SELECT * FROM notes"))
@@ -368,9 +368,10 @@ BAD_IDS = [
 ]
 
 
-@pytest.fixture
-async def trap() -> AsyncIterator[tuple[str, list[int]]]:
-    """A TCP port that records every connection attempt and answers none."""
+@asynccontextmanager
+async def trap_port() -> AsyncIterator[tuple[str, list[int]]]:
+    """A TCP port that records every connection attempt and answers none: a URL template
+    pointing there, and the list of attempts."""
     accepted: list[int] = []
 
     async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -379,9 +380,18 @@ async def trap() -> AsyncIterator[tuple[str, list[int]]]:
 
     server = await asyncio.start_server(record, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    yield f"postgresql://app:pw@127.0.0.1:{port}/tenant_{{tenant}}", accepted
-    server.close()
-    await server.wait_closed()
+    try:
+        yield f"postgresql://app:pw@127.0.0.1:{port}/tenant_{{tenant}}", accepted
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def trap() -> AsyncIterator[tuple[str, list[int]]]:
+    """`trap_port` for one test."""
+    async with trap_port() as trapped:
+        yield trapped
 
 
 async def test_bad_ids_are_rejected_before_any_io(
@@ -446,26 +456,14 @@ NEAR_VALID_IDS = st.one_of(
 
 async def answer_over_http(raw: str) -> tuple[int, int]:
     """The status for a request with tenant id *raw*, and the connection attempts it made."""
-    accepted: list[int] = []
-
-    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(1)
-        writer.close()
-
-    server = await asyncio.start_server(record, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    router = DatabaseRouter(
-        RouterSettings(
-            databases={"primary": {"url": "sqlite://"}},
-            tenancy={"url_template": f"postgresql://app:pw@127.0.0.1:{port}/tenant_{{tenant}}"},
+    async with trap_port() as (template, accepted):
+        router = DatabaseRouter(
+            RouterSettings(
+                databases={"primary": {"url": "sqlite://"}}, tenancy={"url_template": template}
+            )
         )
-    )
-    try:
         async with serve(tenant_app(router)) as client:
             response = await client.get("/notes", headers=[(b"X-Tenant-ID", raw.encode())])
-    finally:
-        server.close()
-        await server.wait_closed()
     return response.status_code, len(accepted)
 
 
