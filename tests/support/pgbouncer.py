@@ -3,8 +3,8 @@
 The program is, in order: the one named by ``DBROUTER_TEST_PGBOUNCER``, ``pgbouncer`` on
 ``PATH`` (or ``/usr/sbin``), or Debian's package fetched with ``apt-get download`` and
 unpacked with ``dpkg-deb`` into a cache directory, with the one library it needs that a
-machine may lack (c-ares). Fetching needs neither root nor an installation; it needs a
-Debian-like system with its package lists.
+machine may lack (c-ares). Fetching needs no installation and no root, only a Debian-like
+system with its package lists (which root fetches first when there are none).
 
 PgBouncer refuses to run as root; when the tests run as root it runs as the same
 unprivileged account as the PostgreSQL servers. It listens on 127.0.0.1 only.
@@ -74,14 +74,13 @@ def _fetched() -> PgBouncerProgram:
         download = Path(tempfile.mkdtemp(prefix="dbrouter-pgbouncer-deb-", dir=_tmp_base()))
         try:
             os.chmod(download, 0o777)  # apt's sandbox account writes the files
-            result = subprocess.run(
-                ["apt-get", "download", *_PACKAGES],
-                cwd=download,
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=300,
-            )
+            result = _apt_download(download)
+            if result.returncode != 0 and os.geteuid() == 0:
+                # A new machine may have no package lists yet; root can fetch them.
+                subprocess.run(
+                    ["apt-get", "update", "-qq"], capture_output=True, check=False, timeout=600
+                )
+                result = _apt_download(download)
             debs = sorted(download.glob("*.deb"))
             if result.returncode != 0 or len(debs) < len(_PACKAGES):
                 raise Unavailable(
@@ -99,6 +98,17 @@ def _fetched() -> PgBouncerProgram:
         finally:
             shutil.rmtree(download, ignore_errors=True)
     return PgBouncerProgram(program, tuple(path for path in libraries if path.is_dir()))
+
+
+def _apt_download(directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["apt-get", "download", *_PACKAGES],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
 
 
 @contextlib.contextmanager
