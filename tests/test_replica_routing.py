@@ -19,6 +19,7 @@ from dbrouter import DatabaseRouter, RouterSettings, get_db
 from dbrouter.cli import main
 from dbrouter.consistency import TOKEN_COOKIE, TOKEN_HEADER, parse_token
 from dbrouter.readonly import ReadOnlySessionError
+from dbrouter.replicas import parse_lsn
 from tests.conftest import serve
 from tests.replication import (
     REPLICA_SETTINGS,
@@ -165,6 +166,27 @@ async def test_read_your_writes_with_a_token(replication: Replication) -> None:
         )
         again = await client.get("/read", params={"payload": "ryw"}, headers={TOKEN_HEADER: token})
         assert again.json() == {"standby": True, "found": 1}
+
+
+async def test_a_token_points_past_the_commit_not_a_savepoint(
+    replication: Replication,
+) -> None:
+    _, app = build(replication)
+    before_commit: list[int] = []
+
+    @app.post("/savepoint")
+    async def savepoint(db: Annotated[AsyncSession, Depends(get_db("primary"))]) -> str:
+        async with db.begin_nested():
+            await db.execute(text("INSERT INTO events (payload) VALUES ('nested')"))
+        position = await db.scalar(text("SELECT pg_current_wal_insert_lsn()::text"))
+        before_commit.append(parse_lsn(str(position)))
+        await db.commit()
+        return "ok"
+
+    async with serve(app) as client:
+        token = (await client.post("/savepoint")).headers[TOKEN_HEADER]
+    # Read after the commit, the token is past everything written before it.
+    assert parse_token(token)["primary"] > before_commit[0]
 
 
 async def test_a_token_needs_no_second_connection(replication: Replication) -> None:

@@ -97,6 +97,8 @@ def _remember_connection(
 
 @event.listens_for(RoutedSession, "after_commit")
 def _note_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint released: nothing is committed yet
     connection = session.info.pop(_CONNECTION_KEY, None)
     record = current_consistency()
     if record is None or connection is None:
@@ -115,9 +117,10 @@ def _note_commit(session: Session) -> None:
         )
 
 
-@event.listens_for(RoutedSession, "after_rollback")
-def _forget_connection(session: Session) -> None:
-    session.info.pop(_CONNECTION_KEY, None)
+@event.listens_for(RoutedSession, "after_transaction_end")
+def _forget_connection(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_CONNECTION_KEY, None)
 
 
 def build_sessionmaker(

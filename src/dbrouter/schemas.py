@@ -16,6 +16,7 @@ when it goes back to the pool. AUTOCOMMIT is refused: it has no transaction to p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -66,7 +67,8 @@ def _discard_temporary_objects(dbapi_connection: Any, record: ConnectionPoolEntr
             "dbrouter: closing a tenant connection whose temporary objects could not be discarded",
             exc_info=True,
         )
-        record.invalidate()
+        with contextlib.suppress(Exception):
+            record.invalidate()
 
 
 class SchemaTenancy:
