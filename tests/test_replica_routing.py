@@ -15,9 +15,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from dbrouter import DatabaseRouter, RouterSettings, get_db
+from dbrouter import DatabaseRouter, DatabaseUnavailableError, RouterSettings, get_db
 from dbrouter.cli import main
-from dbrouter.consistency import TOKEN_COOKIE, TOKEN_HEADER, parse_token
+from dbrouter.consistency import TOKEN_COOKIE, TOKEN_HEADER, format_token, parse_token
 from dbrouter.readonly import ReadOnlySessionError
 from dbrouter.replicas import parse_lsn
 from tests.conftest import serve
@@ -473,3 +473,50 @@ async def test_sessions_sent_to_a_standby_that_just_went_down_move_on(
         assert {response.json()["standby"] for response in responses[:10]} == {False}
         assert (member.in_rotation, member.reason) == (False, "unreachable")
     assert await primary_count(replication, "moved") == 0
+
+
+async def test_a_session_waiting_for_its_token_still_moves_off_a_dead_standby(
+    replication: Replication,
+) -> None:
+    router, app = build(replication, health_check_interval=60, consistency_wait=1.0)
+    async with serve(app) as client:
+        assert (await client.get("/read")).json()["standby"] is True
+        group = router.replication.groups["replica"]  # type: ignore[union-attr]
+        assert group.replica_set is not None
+        replayed = group.replica_set.members[0].replay_lsn
+        assert replayed is not None
+        token = format_token({"primary": replayed})
+        await asyncio.to_thread(replication.standby.stop, "immediate")
+        response = await client.get("/read", headers={TOKEN_HEADER: token})
+    assert response.status_code == 200
+    assert response.json()["standby"] is False
+
+
+async def test_a_full_connection_budget_is_no_outage_of_the_standby(
+    replication: Replication,
+) -> None:
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={
+                "primary": {"url": replication.primary_url, "pool_timeout": 1},
+                "replica": {
+                    "url": replication.standby_url,
+                    **REPLICA_SETTINGS,
+                    "health_check_interval": 60,
+                    "pool_timeout": 1,
+                },
+            },
+            max_connections=1,
+        )
+    )
+    async with router:
+        group = router.replication.groups["replica"]  # type: ignore[union-attr]
+        assert group.replica_set is not None
+        member = group.replica_set.members[0]
+        async with router.session("primary") as holder:
+            await holder.execute(text("SELECT 1"))  # the only connection the budget allows
+            with pytest.raises(DatabaseUnavailableError, match="max_connections") as caught:
+                async with router.session("replica") as session:
+                    await session.execute(text("SELECT 1"))
+            assert caught.value.name == "replica"  # it did not move to the primary
+        assert (member.in_rotation, member.reason) == (True, None)

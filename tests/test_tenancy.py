@@ -4,6 +4,7 @@ isolation under concurrency, the engine cache, and tenants changed at runtime.""
 # No ``from __future__ import annotations``: FastAPI resolves the endpoint annotations.
 
 import asyncio
+import contextlib
 import logging
 import random
 import string
@@ -287,6 +288,54 @@ async def test_temporary_tables_do_not_outlive_the_tenant_session(pg_url: str) -
         async with router.session() as session:
             owners = (await session.execute(text("SELECT owner FROM notes"))).scalars()
             assert list(owners) == ["public"]
+
+
+async def test_a_cancellation_while_temporary_objects_are_dropped_loses_no_connection(
+    pg_url: str, postgres_admin_url: str
+) -> None:
+    await tenant_schemas(pg_url, ["alpha", "beta"])
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={
+                "primary": {"url": pg_url, "pool_size": 1, "max_overflow": 0, "pool_timeout": 2}
+            },
+            tenancy={"strategy": "schema"},
+        )
+    )
+    async with router:
+
+        async def leave_temporary_tables() -> None:
+            async with router.tenant_session("alpha", commit=True) as session:
+                await session.execute(
+                    text(
+                        "DO $$ BEGIN FOR i IN 1..1000 LOOP "
+                        "EXECUTE format('CREATE TEMP TABLE scratch_%s (x int)', i); "
+                        "END LOOP; END $$"
+                    )
+                )
+
+        watcher = await asyncpg.connect(postgres_admin_url)
+        try:
+            task = asyncio.create_task(leave_temporary_tables())
+            discarding = False
+            while not task.done() and not discarding:
+                discarding = await watcher.fetchval(
+                    "SELECT count(*) > 0 FROM pg_stat_activity "
+                    "WHERE query = 'DISCARD TEMP' AND state = 'active'"
+                )
+            task.cancel()  # while the pool drops them
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            await watcher.close()
+        assert discarding
+        # The one pooled connection came back (or was replaced): the next session gets it,
+        # and sees none of what alpha left.
+        async with router.tenant_session("beta") as session:
+            owners = (await session.execute(text("SELECT owner FROM notes"))).scalars()
+            assert list(owners) == ["beta"]
+            with pytest.raises(Exception, match="does not exist"):
+                await session.execute(text("SELECT x FROM scratch_1"))
 
 
 async def test_a_tenant_session_refuses_autocommit(pg_url: str) -> None:

@@ -25,6 +25,11 @@ from .errors import DatabaseUnavailableError
 from .urls import is_postgresql
 
 
+class BudgetExhaustedError(DatabaseUnavailableError):
+    """No slot of ``max_connections`` freed up in time: the process, not the server, is at
+    its limit."""
+
+
 class ConnectionBudget:
     """At most *limit* server connections open at once.
 
@@ -38,6 +43,8 @@ class ConnectionBudget:
         self._open = 0
         self._held: Counter[str] = Counter()
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiting: Counter[str] = Counter()
+        """How many of the waiters are for each database."""
 
     @property
     def open(self) -> int:
@@ -55,6 +62,7 @@ class ConnectionBudget:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self._waiting[name] += 1
         if self.reclaim is not None:
             self.reclaim()
         try:
@@ -63,7 +71,7 @@ class ConnectionBudget:
             if waiter.done() and not waiter.cancelled():
                 return  # the slot arrived as time ran out: keep it
             waiter.cancel()
-            raise DatabaseUnavailableError(
+            raise BudgetExhaustedError(
                 name, f"all {self.limit} connections of max_connections are in use"
             ) from None
         except BaseException:
@@ -75,6 +83,9 @@ class ConnectionBudget:
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+            self._waiting[name] -= 1
+            if self._waiting[name] <= 0:
+                del self._waiting[name]
 
     def release(self) -> None:
         """Give a slot back: to the longest waiter, or to the pool of free slots."""
@@ -90,12 +101,24 @@ class ConnectionBudget:
         if not (is_postgresql(engine.url) and engine.url.get_driver_name() == "asyncpg"):
             return
         event.listen(engine.sync_engine, "do_connect", self._connect_hook(name, timeout))
-        event.listen(engine.sync_engine.pool, "checkin", self._hand_over)
+        event.listen(engine.sync_engine.pool, "reset", self._hand_over_hook(name))
 
-    def _hand_over(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        # An idle connection in one pool must not starve a request waiting on another.
-        if self._waiters and dbapi_connection is not None:
-            record.invalidate()
+    def _hand_over_hook(self, name: str) -> Callable[..., None]:
+        def hand_over(dbapi_connection: Any, record: ConnectionPoolEntry, state: Any) -> None:
+            # An idle connection in one pool must not starve a request waiting to connect
+            # to another database. (A waiter for this same database gains nothing from a
+            # reconnect: closing would only churn.) Run as the pool resets the connection,
+            # where a failure or a cancellation still returns the record to the pool.
+            if (
+                len(self._waiters) > self._waiting[name]
+                and state.asyncio_safe
+                and not state.terminate_only
+            ):
+                if not state.transaction_was_reset:
+                    dbapi_connection.rollback()  # before it closes, not after
+                record.invalidate()
+
+        return hand_over
 
     def _connect_hook(self, name: str, timeout: float) -> Callable[..., None]:
         def on_connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:

@@ -7,14 +7,14 @@ every request.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .errors import RouterClosedError
-from .outages import as_unavailable
+from .outages import as_unavailable, budget_exhausted, server_outage
 from .readonly import ReplicaSession
 from .registry import Database
 
@@ -43,7 +43,7 @@ class LentSession:
         make_session: SessionMaker | None = None,
         *,
         commit: bool = False,
-        route: Callable[[], Route | Awaitable[Route]] | None = None,
+        route: Callable[[bool], Route | Awaitable[Route]] | None = None,
     ) -> None:
         self._database = database
         self._make = make_session
@@ -54,7 +54,7 @@ class LentSession:
 
     async def __aenter__(self) -> AsyncSession:
         if self._route is not None:
-            route = self._route()
+            route = self._route(True)
             if not isinstance(route, tuple):
                 route = await route  # waiting for a replica to catch up
             self._database, self._make, self._on_outage = route
@@ -81,16 +81,14 @@ class LentSession:
         assert database is not None
         if route is None or self._on_outage is None:
             return None
-        if as_unavailable(error, database.name) is None:
-            return None
+        if not server_outage(error):
+            return None  # no connection free here: not the server's fault, nor a reason to go
         self._on_outage()  # out of rotation: routing will not pick it again
         try:
-            found = route()
+            found = route(False)  # no waiting for a replica to catch up here
         except Exception:
             return None  # nowhere else to go: the original error stands
         if not isinstance(found, tuple):
-            if isinstance(found, Coroutine):
-                found.close()  # it would wait for a replica to catch up: not here
             return None
         other, _, on_outage = found
         if other is database or not other.leases.acquire():
@@ -139,7 +137,7 @@ class LentSession:
         unavailable = as_unavailable(exc, database.name)
         if unavailable is None:
             return
-        if self._on_outage is not None:
+        if self._on_outage is not None and not budget_exhausted(unavailable):
             self._on_outage()
         if unavailable is not exc:
             raise unavailable from exc

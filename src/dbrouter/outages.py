@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from sqlalchemy import exc as sa_exc
 
+from .budget import BudgetExhaustedError
 from .errors import DatabaseUnavailableError, DBRouterError
 
 # SQLSTATE classes and codes that mean the server went away or will not take connections:
@@ -44,6 +45,22 @@ def outage_reason(exc: BaseException) -> str | None:
         ):
             return "the connection to the server was lost"
     return None
+
+
+def server_outage(exc: BaseException) -> bool:
+    """Whether *exc* says the server itself is unavailable, rather than that no connection
+    was free on this side (pool or ``max_connections`` exhausted)."""
+    if outage_reason(exc) is None:
+        return False
+    return not any(
+        isinstance(cause, (sa_exc.TimeoutError, DatabaseUnavailableError)) for cause in _chain(exc)
+    )
+
+
+def budget_exhausted(exc: BaseException) -> bool:
+    """Whether *exc* comes from ``max_connections``: the process is at its limit, and the
+    server may be perfectly healthy."""
+    return any(isinstance(cause, BudgetExhaustedError) for cause in _chain(exc))
 
 
 def as_unavailable(exc: BaseException, name: str) -> DatabaseUnavailableError | None:

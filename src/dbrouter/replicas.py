@@ -26,7 +26,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.pool import QueuePool
 
-from .outages import outage_reason
+from .outages import budget_exhausted, outage_reason
 
 if TYPE_CHECKING:
     # Only for annotations: the registry's own imports may lead back here.
@@ -452,8 +452,8 @@ class ReplicaSet:
         primary_lsn: int | None,
         seen_failures: int,
     ) -> None:
-        if reading is None:
-            return
+        if reading is None or (isinstance(reading, Exception) and budget_exhausted(reading)):
+            return  # no connection to spare on this side: that says nothing about the server
         member.last_probe = now
         if isinstance(reading, Exception):
             outage = outage_reason(reading)

@@ -111,9 +111,9 @@ class ReplicaGroup:
             return ReplicaRoute(database, sessionmaker)
         return ReplicaRoute(database, sessionmaker, member, self.replica_set)
 
-    def lend_route(self) -> Route | Awaitable[Route]:
+    def lend_route(self, may_wait: bool = True) -> Route | Awaitable[Route]:
         """`route` in the form `LentSession` takes: at once, without I/O, unless the read
-        may wait for a replica (``consistency_wait``)."""
+        may wait for a replica (``consistency_wait``, and *may_wait*)."""
         record = current_consistency()
         mark = None if record is None else record.required.get(self.primary.name)
         if isinstance(mark, float):
@@ -126,7 +126,7 @@ class ReplicaGroup:
         if not replica_set.running and not self.closed:
             replica_set.start()  # used outside a lifespan: probe from the first read on
         member = replica_set.choose(mark)
-        if member is None and mark is not None and self.settings.consistency_wait > 0:
+        if member is None and mark is not None and may_wait and self.settings.consistency_wait:
             return self._wait_route(replica_set, mark)
         return self._decide(replica_set, member, mark)
 

@@ -16,7 +16,6 @@ when it goes back to the pool. AUTOCOMMIT is refused: it has no transaction to p
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
@@ -24,7 +23,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from sqlalchemy.util import await_only
 
 from .errors import TenantError
@@ -55,20 +54,20 @@ def _pin_schema(session: Session, transaction: SessionTransaction, connection: C
     connection.execute(_PIN, {"path": session.info[_SEARCH_PATH]})
 
 
-def _discard_temporary_objects(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-    """On check-in, after the pool's rollback: drop what a tenant left in ``pg_temp``."""
-    if not record.info.pop(_SERVED_TENANT, False) or dbapi_connection is None:
+def _discard_temporary_objects(
+    dbapi_connection: Any, record: ConnectionPoolEntry, reset_state: PoolResetState
+) -> None:
+    """As the pool resets a connection that served a tenant: drop what the tenant left in
+    ``pg_temp``. A failure here, a cancellation included, makes the pool close the
+    connection, which drops them too."""
+    if not record.info.pop(_SERVED_TENANT, False):
         return
-    try:
-        # Straight to the driver, outside any transaction: nothing can roll it back.
-        await_only(dbapi_connection.driver_connection.execute("DISCARD TEMP"))
-    except Exception:
-        logger.warning(
-            "dbrouter: closing a tenant connection whose temporary objects could not be discarded",
-            exc_info=True,
-        )
-        with contextlib.suppress(Exception):
-            record.invalidate()
+    if reset_state.terminate_only or not reset_state.asyncio_safe:
+        return  # the connection is being closed: its temporary objects go with it
+    if not reset_state.transaction_was_reset:
+        dbapi_connection.rollback()  # DISCARD must not be undone by the pool's rollback
+    # Straight to the driver, outside any transaction.
+    await_only(dbapi_connection.driver_connection.execute("DISCARD TEMP"))
 
 
 class SchemaTenancy:
@@ -78,8 +77,8 @@ class SchemaTenancy:
         self.database = database
         self._template = template
         pool = database.engine.sync_engine.pool
-        if not event.contains(pool, "checkin", _discard_temporary_objects):
-            event.listen(pool, "checkin", _discard_temporary_objects)
+        if not event.contains(pool, "reset", _discard_temporary_objects):
+            event.listen(pool, "reset", _discard_temporary_objects)
         self._factory: async_sessionmaker[AsyncSession] = async_sessionmaker(
             database.engine,
             class_=AsyncSession,

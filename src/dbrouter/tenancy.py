@@ -19,6 +19,8 @@ from .urls import is_postgresql
 
 SessionMaker = Callable[[], AsyncSession]
 
+_LOOKUP_ATTEMPTS = 3
+
 
 class Tenancy:
     """Validates tenant ids, finds tenants, and hands out their database and sessions."""
@@ -57,7 +59,15 @@ class Tenancy:
         `UnknownTenantError` for an id that names no tenant.
         """
         tenant = self.directory.validate(raw)
-        return tenant, await self.directory.lookup(tenant, self._find)
+        attempts = 1
+        while True:
+            try:
+                return tenant, await self.directory.lookup(tenant, self._find)
+            except RouterClosedError:
+                # Re-pointed while its engine was being built: look it up again.
+                if attempts == _LOOKUP_ATTEMPTS:
+                    raise
+                attempts += 1
 
     async def route(self, tenant: str) -> tuple[Database, SessionMaker]:
         """The database of *tenant* and how to open a session on it (see `identify`)."""
@@ -107,6 +117,4 @@ class Tenancy:
             await self.engines.database(tenant, found)
         except UnknownTenantError:
             return None
-        except RouterClosedError:
-            pass  # re-pointed meanwhile: routing builds the engine from the new settings
         return found
