@@ -648,6 +648,37 @@ async def test_catalog_answers_are_cached(pg_url: str, postgres_admin_url: str) 
         await router.dispose()
 
 
+async def test_a_cancelled_request_does_not_cancel_the_lookup_it_shares(
+    pg_url: str, postgres_admin_url: str
+) -> None:
+    asked: Counter[str] = Counter()
+    async with tenant_databases(postgres_admin_url, ["acme"]) as databases:
+
+        async def slow_catalog(tenant: str) -> TenantSettings | None:
+            asked[tenant] += 1
+            await asyncio.sleep(0.3)
+            return TenantSettings(url=databases.urls[tenant])
+
+        router = DatabaseRouter(
+            RouterSettings(databases={"primary": {"url": pg_url}}, tenancy={}),
+            tenant_catalog=slow_catalog,
+        )
+        async with router:
+
+            async def owners() -> list[str]:
+                async with router.tenant_session("acme") as session:
+                    return list((await session.execute(text("SELECT owner FROM notes"))).scalars())
+
+            first = asyncio.create_task(owners())
+            await asyncio.sleep(0.05)
+            second = asyncio.create_task(owners())
+            await asyncio.sleep(0.05)
+            first.cancel()  # the one that started the lookup
+            assert await second == ["acme"]
+            assert first.cancelled()
+    assert asked == Counter({"acme": 1})
+
+
 async def test_lookup_answers_expire(pg_url: str) -> None:
     asked: Counter[str] = Counter()
 

@@ -11,29 +11,35 @@ V = TypeVar("V")
 
 
 class SingleFlight(Generic[K, V]):
-    """The first caller for a key runs the work; callers arriving meanwhile await its result
-    (or its exception). Nothing is remembered once the run ends."""
+    """The first caller for a key starts the work; callers arriving meanwhile await the same
+    result (or exception). Nothing is remembered once the run ends.
+
+    The work runs in a task of its own: a caller that is cancelled stops waiting, and
+    neither the work nor the other callers notice.
+    """
 
     def __init__(self) -> None:
-        self._pending: dict[K, asyncio.Future[V]] = {}
+        self._pending: dict[K, asyncio.Task[V]] = {}
 
     async def run(self, key: K, work: Callable[[], Awaitable[V]]) -> V:
         """The result of *work* for *key*, run at most once at a time per key."""
-        pending = self._pending.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
-        try:
-            result = await work()
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                future.cancel()
-            else:
-                future.set_exception(exc)
-                future.exception()  # marks it retrieved when nobody else was waiting
-            raise
-        finally:
+        task = self._pending.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(_awaited(work))
+            self._pending[key] = task
+            task.add_done_callback(lambda done: self._finished(key, done))
+        return await asyncio.shield(task)
+
+    def running(self) -> list[asyncio.Task[V]]:
+        """The runs under way now."""
+        return list(self._pending.values())
+
+    def _finished(self, key: K, task: asyncio.Task[V]) -> None:
+        if self._pending.get(key) is task:
             del self._pending[key]
-        future.set_result(result)
-        return result
+        if not task.cancelled():
+            task.exception()  # retrieved, even when every caller stopped waiting
+
+
+async def _awaited(work: Callable[[], Awaitable[V]]) -> V:
+    return await work()

@@ -69,6 +69,7 @@ class TenantEngines:
         self._building: SingleFlight[str, Database] = SingleFlight()
         self._retiring: dict[asyncio.Task[None], Database] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._closed = False
 
     def cached(self) -> dict[str, Database]:
         """The tenant databases cached now, by tenant id."""
@@ -121,6 +122,11 @@ class TenantEngines:
 
     async def close(self, timeout: float) -> None:
         """Evict every engine and wait (up to *timeout* seconds) until all are disposed."""
+        self._closed = True
+        building = self._building.running()
+        if building:
+            # A build under way sees the flag when it ends and disposes what it built.
+            await asyncio.wait(building, timeout=timeout)
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -149,8 +155,9 @@ class TenantEngines:
                 await self._verify(tenant, database)
         finally:
             stale = self._in_flight.pop(tenant)
-        if stale:
-            # Re-pointed or removed while this engine was built from the old settings.
+        if stale or self._closed:
+            # Re-pointed or removed while this engine was built from the old settings, or
+            # the router closed meanwhile.
             await database.engine.dispose()
             raise RouterClosedError()
         self._cache[tenant] = database
@@ -190,8 +197,10 @@ class TenantEngines:
         try:
             async with database.engine.connect():
                 pass
-        except Exception as exc:
+        except BaseException as exc:
             await database.engine.dispose()
+            if not isinstance(exc, Exception):
+                raise  # cancelled: nothing of the engine is left behind
             if _sqlstate(exc) == _NO_SUCH_DATABASE:
                 raise UnknownTenantError(tenant) from None
             unavailable = as_unavailable(exc, database.name)
