@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from typing import Any
 
@@ -49,8 +50,17 @@ def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
             pool_use_lifo=settings.pool_use_lifo,
             pool_timeout=settings.pool_timeout,
         )
-    connect_args["timeout"] = settings.connect_timeout
-    if is_postgresql(url) and url.get_driver_name() == "asyncpg":
+    driver = url.get_driver_name()
+    if is_postgresql(url) and driver == "psycopg":
+        # libpq counts whole seconds, and treats anything under 2 as 2.
+        connect_args["connect_timeout"] = max(2, math.ceil(settings.connect_timeout))
+        if "application_name" not in url.query:
+            connect_args["application_name"] = f"dbrouter:{name}"[:63]
+        if settings.pgbouncer:
+            connect_args["prepare_threshold"] = None  # no server-side prepared statements
+    else:
+        connect_args["timeout"] = settings.connect_timeout
+    if is_postgresql(url) and driver == "asyncpg":
         server_settings: dict[str, str] = {}
         if "application_name" not in url.query:
             server_settings["application_name"] = f"dbrouter:{name}"[:63]

@@ -40,6 +40,13 @@ def outage_reason(exc: BaseException) -> str | None:
         sqlstate = getattr(cause, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate.startswith(_OUTAGE_SQLSTATES):
             return f"the server is not accepting connections (SQLSTATE {sqlstate})"
+        if (
+            type(cause).__module__.partition(".")[0] == "psycopg"
+            and type(cause).__name__ == "OperationalError"
+            and sqlstate is None
+        ):
+            # psycopg's own word for "could not connect" or "the connection broke".
+            return "the server could not be reached"
         if type(cause).__name__ in ("ConnectionDoesNotExistError", "InterfaceError") and (
             "connection" in str(cause) and "closed" in str(cause)
         ):

@@ -1,0 +1,88 @@
+"""PostgreSQL through psycopg 3, the other async driver a URL may name
+(``postgresql+psycopg://``): sessions, timeouts, read-only replica sessions and tokens."""
+
+# No ``from __future__ import annotations``: FastAPI resolves the endpoint annotations.
+
+import time
+from typing import Annotated
+
+import pytest
+from fastapi import Depends, FastAPI
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbrouter import DatabaseRouter, DatabaseUnavailableError, RouterSettings, get_db
+from dbrouter.consistency import TOKEN_HEADER, parse_token
+from tests.conftest import serve
+
+
+def psycopg(url: str) -> str:
+    return make_url(url).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+async def test_sessions_through_psycopg(pg_url: str) -> None:
+    router = DatabaseRouter(RouterSettings(databases={"primary": {"url": psycopg(pg_url)}}))
+    async with router:
+        assert router.engine().url.drivername == "postgresql+psycopg"
+        async with router.session() as session:
+            assert await session.scalar(text("SELECT current_database()")) == (
+                make_url(pg_url).database
+            )
+            name = await session.scalar(text("SELECT current_setting('application_name')"))
+            assert name == "dbrouter:primary"
+
+
+async def test_a_dead_host_through_psycopg_is_unavailable_in_time() -> None:
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={
+                "primary": {
+                    "url": "postgresql+psycopg://app:pw@127.0.0.1:1/app",
+                    "connect_timeout": 1,
+                }
+            }
+        )
+    )
+    async with router:
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailableError):
+            async with router.session() as session:
+                await session.execute(text("SELECT 1"))
+        assert time.monotonic() - started < 5
+
+
+async def test_replica_sessions_and_tokens_through_psycopg(pg_url: str) -> None:
+    url = psycopg(pg_url)
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={
+                "primary": {"url": url},
+                # Not a standby: reads fall back to the primary, read-only all the same.
+                "replica": {"url": url, "replica_of": "primary"},
+            }
+        )
+    )
+    app = FastAPI(lifespan=router.lifespan)
+
+    @app.post("/write")
+    async def write(db: Annotated[AsyncSession, Depends(get_db(commit=True))]) -> str:
+        await db.execute(text("CREATE TABLE IF NOT EXISTS items (id int)"))
+        return "ok"
+
+    @app.get("/read-only")
+    async def read_only(db: Annotated[AsyncSession, Depends(get_db("replica"))]) -> str:
+        return str(await db.scalar(text("SHOW transaction_read_only")))
+
+    @app.post("/replica-write")
+    async def replica_write(db: Annotated[AsyncSession, Depends(get_db("replica"))]) -> str:
+        await db.execute(text("CREATE TABLE written (id int)"))
+        await db.commit()
+        return "wrote"
+
+    async with serve(app) as client:
+        written = await client.post("/write")
+        assert written.status_code == 200
+        assert set(parse_token(written.headers[TOKEN_HEADER])) == {"primary"}
+        assert (await client.get("/read-only")).json() == "on"
+        assert (await client.post("/replica-write")).status_code == 500
