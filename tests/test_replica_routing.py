@@ -463,6 +463,7 @@ async def test_sessions_sent_to_a_standby_that_just_went_down_move_on(
         group = router.replication.groups["replica"]  # type: ignore[union-attr]
         assert group.replica_set is not None
         member = group.replica_set.members[0]
+        await eventually(lambda: member.last_probe is not None, "the first probe round")
         assert member.in_rotation
         await asyncio.to_thread(replication.standby.stop, "immediate")
         reads = [client.get("/read") for _ in range(10)]
@@ -483,9 +484,10 @@ async def test_a_session_waiting_for_its_token_still_moves_off_a_dead_standby(
         assert (await client.get("/read")).json()["standby"] is True
         group = router.replication.groups["replica"]  # type: ignore[union-attr]
         assert group.replica_set is not None
-        replayed = group.replica_set.members[0].replay_lsn
-        assert replayed is not None
-        token = format_token({"primary": replayed})
+        member = group.replica_set.members[0]
+        await eventually(lambda: member.replay_lsn is not None, "the first probe round")
+        assert member.replay_lsn is not None
+        token = format_token({"primary": member.replay_lsn})
         await asyncio.to_thread(replication.standby.stop, "immediate")
         response = await client.get("/read", headers={TOKEN_HEADER: token})
     assert response.status_code == 200
