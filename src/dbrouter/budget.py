@@ -41,28 +41,31 @@ class ConnectionBudget:
         self.limit = limit
         self.reclaim = reclaim
         self._open = 0
-        self._held: Counter[str] = Counter()
+        # Counted per engine (id of its sync engine): a re-pointed tenant has two engines
+        # under one name while the old one drains.
+        self._held: Counter[int] = Counter()
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._waiting: Counter[str] = Counter()
-        """How many of the waiters are for each database."""
+        self._waiting: Counter[int] = Counter()
+        """How many of the waiters are for each engine."""
 
     @property
     def open(self) -> int:
         """Server connections open now, or being opened."""
         return self._open
 
-    def held(self, name: str) -> int:
-        """Server connections that database *name* has open now."""
-        return self._held[name]
+    def held(self, engine: AsyncEngine) -> int:
+        """Server connections that *engine* has open now."""
+        return self._held[id(engine.sync_engine)]
 
-    async def acquire(self, name: str, timeout: float) -> None:
-        """Take a slot for a new connection to database *name*, waiting up to *timeout*."""
+    async def acquire(self, name: str, timeout: float, key: int) -> None:
+        """Take a slot for a new connection to database *name* (of the engine *key*),
+        waiting up to *timeout*."""
         if self._open < self.limit and not self._waiters:
             self._open += 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        self._waiting[name] += 1
+        self._waiting[key] += 1
         if self.reclaim is not None:
             self.reclaim()
         try:
@@ -83,9 +86,9 @@ class ConnectionBudget:
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
-            self._waiting[name] -= 1
-            if self._waiting[name] <= 0:
-                del self._waiting[name]
+            self._waiting[key] -= 1
+            if self._waiting[key] <= 0:
+                del self._waiting[key]
 
     def release(self) -> None:
         """Give a slot back: to the longest waiter, or to the pool of free slots."""
@@ -100,17 +103,18 @@ class ConnectionBudget:
         """Make every new asyncpg connection of *engine* take a slot and return it on close."""
         if not (is_postgresql(engine.url) and engine.url.get_driver_name() == "asyncpg"):
             return
-        event.listen(engine.sync_engine, "do_connect", self._connect_hook(name, timeout))
-        event.listen(engine.sync_engine.pool, "reset", self._hand_over_hook(name))
+        key = id(engine.sync_engine)
+        event.listen(engine.sync_engine, "do_connect", self._connect_hook(name, timeout, key))
+        event.listen(engine.sync_engine.pool, "reset", self._hand_over_hook(key))
 
-    def _hand_over_hook(self, name: str) -> Callable[..., None]:
+    def _hand_over_hook(self, key: int) -> Callable[..., None]:
         def hand_over(dbapi_connection: Any, record: ConnectionPoolEntry, state: Any) -> None:
             # An idle connection in one pool must not starve a request waiting to connect
             # to another database. (A waiter for this same database gains nothing from a
             # reconnect: closing would only churn.) Run as the pool resets the connection,
             # where a failure or a cancellation still returns the record to the pool.
             if (
-                len(self._waiters) > self._waiting[name]
+                len(self._waiters) > self._waiting[key]
                 and state.asyncio_safe
                 and not state.terminate_only
             ):
@@ -120,29 +124,29 @@ class ConnectionBudget:
 
         return hand_over
 
-    def _connect_hook(self, name: str, timeout: float) -> Callable[..., None]:
+    def _connect_hook(self, name: str, timeout: float, key: int) -> Callable[..., None]:
         def on_connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
             opener = cparams.pop("async_creator_fn", None)
             if opener is None:
                 import asyncpg
 
                 opener = asyncpg.connect
-            cparams["async_creator_fn"] = self._budgeted(opener, name, timeout)
+            cparams["async_creator_fn"] = self._budgeted(opener, name, timeout, key)
 
         return on_connect
 
     def _budgeted(
-        self, opener: Callable[..., Any], name: str, timeout: float
+        self, opener: Callable[..., Any], name: str, timeout: float, key: int
     ) -> Callable[..., Any]:
         async def connect(*args: Any, **kwargs: Any) -> Any:
-            await self.acquire(name, timeout)
+            await self.acquire(name, timeout, key)
             try:
                 connection = await opener(*args, **kwargs)
             except BaseException:
                 self.release()
                 raise
-            self._held[name] += 1
-            slot = _Slot(self, name)
+            self._held[key] += 1
+            slot = _Slot(self, key)
             # Closed, terminated or lost: asyncpg tells its listeners; a connection only
             # ever dropped by the garbage collector is caught by the finalizer.
             connection.add_termination_listener(slot.give_back)
@@ -155,17 +159,17 @@ class ConnectionBudget:
 class _Slot:
     """One connection's slot, given back exactly once."""
 
-    __slots__ = ("_budget", "_name")
+    __slots__ = ("_budget", "_key")
 
-    def __init__(self, budget: ConnectionBudget, name: str) -> None:
+    def __init__(self, budget: ConnectionBudget, key: int) -> None:
         self._budget: ConnectionBudget | None = budget
-        self._name = name
+        self._key = key
 
     def give_back(self, *_: object) -> None:
         budget, self._budget = self._budget, None
         if budget is not None:
             held = budget._held
-            held[self._name] -= 1
-            if held[self._name] <= 0:
-                del held[self._name]
+            held[self._key] -= 1
+            if held[self._key] <= 0:
+                del held[self._key]
             budget.release()

@@ -116,7 +116,7 @@ class TenantEngines:
 
     def _open_connections(self, database: Database) -> int:
         if self._budget is not None:
-            return self._budget.held(database.name)
+            return self._budget.held(database.engine)
         pool = database.engine.pool
         return pool.checkedin() if isinstance(pool, QueuePool) else 0
 
