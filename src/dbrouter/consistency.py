@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Connection
 from sqlalchemy.util import await_only
 
-from .replicas import format_lsn, parse_lsn
+from .lsn import format_lsn, parse_lsn
 
 TOKEN_HEADER = "X-Consistency-Token"
 """The response header carrying the token, and the request header that sends it back."""

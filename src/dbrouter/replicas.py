@@ -5,8 +5,7 @@ cannot be reached, is no longer in recovery, or lags more than its ``max_lag``; 
 back when a later probe finds it healthy. `ReplicaSet.choose` picks a replica for one read
 from the last probe results, without any I/O.
 
-Positions in the write-ahead log (LSNs) are plain ints here; `parse_lsn` and `format_lsn`
-convert them from and to PostgreSQL's ``X/Y`` text form.
+Positions in the write-ahead log (LSNs) are plain ints here (see `dbrouter.lsn`).
 """
 
 from __future__ import annotations
@@ -14,19 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Final, Literal
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
-from sqlalchemy.pool import QueuePool
 
+from .lsn import format_lsn, parse_lsn
 from .outages import budget_exhausted, outage_reason
+from .probes import ReplicaReading, probe, read_primary, read_replica
 
 if TYPE_CHECKING:
     # Only for annotations: the registry's own imports may lead back here.
@@ -47,49 +45,10 @@ ReplicaPolicy = Literal["round_robin", "least_busy", "weighted"]
 """How `ReplicaSet.choose` spreads reads over the replicas in rotation."""
 
 _POLICIES: Final = ("round_robin", "least_busy", "weighted")
-_MAX_LSN: Final = (1 << 64) - 1
-# Each half of an LSN is a 32-bit number: at most 8 hex digits. Explicit ASCII ranges, so
-# no other Unicode digit, sign, space, underscore or "0x" prefix gets through.
-_LSN_PATTERN: Final = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
-_LSN_MAX_CHARS: Final = 17
 # While a wait_for caller is waiting, rounds run back to back but never closer than this.
 _EARLY_ROUND_GAP: Final = 0.05
 # Primary positions remembered for measuring lag; the horizon keeps the list short anyway.
 _HISTORY_LIMIT: Final = 1024
-
-_PRIMARY_PROBE: Final = text("SELECT pg_current_wal_lsn()::text")
-_REPLICA_PROBE: Final = text(
-    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
-    "EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8"
-)
-
-
-def parse_lsn(value: str) -> int:
-    """The LSN written as *value* in PostgreSQL's ``X/Y`` form, as an int.
-
-    ``X`` and ``Y`` are the high and low 32 bits, each 1 to 8 hex digits. Anything else
-    (signs, spaces, ``0x``, underscores, non-ASCII digits, surrounding whitespace) is a
-    `ValueError`: the value may come from an HTTP client.
-    """
-    if not isinstance(value, str):
-        raise TypeError(f"an LSN must be a str, not {type(value).__name__}")
-    match = _LSN_PATTERN.fullmatch(value) if len(value) <= _LSN_MAX_CHARS else None
-    if match is None:
-        raise ValueError(
-            "an LSN must be two groups of 1 to 8 hex digits separated by '/', "
-            "such as '16/B374D848'"
-        )
-    high, low = match.groups()
-    return (int(high, 16) << 32) | int(low, 16)
-
-
-def format_lsn(lsn: int) -> str:
-    """*lsn* in PostgreSQL's ``X/Y`` form, as ``pg_lsn`` prints it (``16/B374D848``)."""
-    if isinstance(lsn, bool) or not isinstance(lsn, int):
-        raise TypeError(f"an LSN must be an int, not {type(lsn).__name__}")
-    if not 0 <= lsn <= _MAX_LSN:
-        raise ValueError(f"an LSN must be between 0 and 2**64 - 1, not {lsn}")
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 @dataclass(eq=False, slots=True)
@@ -145,17 +104,6 @@ class ReplicaStatus:
     lag_bytes: int | None
     replay_lsn: str | None
     """The replayed position in ``X/Y`` form."""
-
-
-@dataclass(frozen=True, slots=True)
-class _ReplicaReading:
-    in_recovery: bool
-    replay_lsn: int | None
-    replay_age: float | None
-    """Seconds since the commit time of the last transaction replayed."""
-
-
-_T = TypeVar("_T")
 
 
 class ReplicaSet:
@@ -414,8 +362,8 @@ class ReplicaSet:
             failures = [member._failures for member in self._members]
             now = self._clock()
             primary, readings = await asyncio.gather(
-                _probe(self._primary, _read_primary),
-                asyncio.gather(*(_probe(m.database, _read_replica) for m in self._members)),
+                probe(self._primary, read_primary),
+                asyncio.gather(*(probe(m.database, read_replica) for m in self._members)),
             )
             primary_lsn = primary if isinstance(primary, int) else None
             if isinstance(primary, Exception):
@@ -447,7 +395,7 @@ class ReplicaSet:
     def _apply(
         self,
         member: ReplicaMember,
-        reading: _ReplicaReading | Exception | None,
+        reading: ReplicaReading | Exception | None,
         now: float,
         primary_lsn: int | None,
         seen_failures: int,
@@ -488,7 +436,7 @@ class ReplicaSet:
             self._put_in(member)
 
     def _measure_lag(
-        self, member: ReplicaMember, reading: _ReplicaReading, now: float, primary_lsn: int
+        self, member: ReplicaMember, reading: ReplicaReading, now: float, primary_lsn: int
     ) -> None:
         replay = reading.replay_lsn
         if replay is None:
@@ -532,43 +480,6 @@ def _qualifies(member: ReplicaMember, min_lsn: int | None) -> bool:
         return True
     replay = member.replay_lsn
     return replay is not None and replay >= min_lsn
-
-
-async def _probe(
-    database: Database, read: Callable[[Database], Awaitable[_T]]
-) -> _T | Exception | None:
-    """*read*'s result on *database* within its connect timeout, or the error it raised;
-    None when the pool has no connection to spare."""
-    if _pool_exhausted(database):
-        # Every connection is serving requests: waiting for one would say nothing about
-        # the server, and timing out would take a busy replica out of rotation.
-        return None
-    try:
-        return await asyncio.wait_for(read(database), database.settings.connect_timeout)
-    except Exception as exc:  # every failure is a verdict; outage_reason sorts them
-        return exc
-
-
-def _pool_exhausted(database: Database) -> bool:
-    pool = database.engine.pool
-    if not isinstance(pool, QueuePool):
-        return False
-    return pool.checkedout() >= pool.size() + database.settings.max_overflow
-
-
-async def _read_primary(database: Database) -> int:
-    async with database.engine.connect() as connection:
-        return parse_lsn((await connection.execute(_PRIMARY_PROBE)).scalar_one())
-
-
-async def _read_replica(database: Database) -> _ReplicaReading:
-    async with database.engine.connect() as connection:
-        in_recovery, replay_lsn, replay_age = (await connection.execute(_REPLICA_PROBE)).one()
-    return _ReplicaReading(
-        in_recovery=bool(in_recovery),
-        replay_lsn=None if replay_lsn is None else parse_lsn(replay_lsn),
-        replay_age=None if replay_age is None else max(0.0, float(replay_age)),
-    )
 
 
 def _kind(exc: BaseException) -> str:
