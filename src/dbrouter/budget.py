@@ -12,12 +12,14 @@ returned to any pool is closed instead of kept idle, so its slot goes to the lon
 from __future__ import annotations
 
 import asyncio
+import itertools
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -41,9 +43,11 @@ class ConnectionBudget:
         self.limit = limit
         self.reclaim = reclaim
         self._open = 0
-        # Counted per engine (id of its sync engine): a re-pointed tenant has two engines
-        # under one name while the old one drains.
+        # Counted per engine: a re-pointed tenant has two engines under one name while the
+        # old one drains. Keys are numbers handed out here, never reused like id().
         self._held: Counter[int] = Counter()
+        self._keys: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
+        self._next_key = itertools.count(1)
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._waiting: Counter[int] = Counter()
         """How many of the waiters are for each engine."""
@@ -55,7 +59,8 @@ class ConnectionBudget:
 
     def held(self, engine: AsyncEngine) -> int:
         """Server connections that *engine* has open now."""
-        return self._held[id(engine.sync_engine)]
+        key = self._keys.get(engine.sync_engine)
+        return 0 if key is None else self._held[key]
 
     async def acquire(self, name: str, timeout: float, key: int) -> None:
         """Take a slot for a new connection to database *name* (of the engine *key*),
@@ -103,7 +108,7 @@ class ConnectionBudget:
         """Make every new asyncpg connection of *engine* take a slot and return it on close."""
         if not (is_postgresql(engine.url) and engine.url.get_driver_name() == "asyncpg"):
             return
-        key = id(engine.sync_engine)
+        key = self._keys.setdefault(engine.sync_engine, next(self._next_key))
         event.listen(engine.sync_engine, "do_connect", self._connect_hook(name, timeout, key))
         event.listen(engine.sync_engine.pool, "reset", self._hand_over_hook(key))
 

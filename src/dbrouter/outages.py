@@ -40,18 +40,30 @@ def outage_reason(exc: BaseException) -> str | None:
         sqlstate = getattr(cause, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate.startswith(_OUTAGE_SQLSTATES):
             return f"the server is not accepting connections (SQLSTATE {sqlstate})"
-        if (
-            type(cause).__module__.partition(".")[0] == "psycopg"
-            and type(cause).__name__ == "OperationalError"
-            and sqlstate is None
-        ):
-            # psycopg's own word for "could not connect" or "the connection broke".
-            return "the server could not be reached"
+        if sqlstate is None and _is_psycopg_operational_error(cause):
+            # psycopg gives no SQLSTATE when connecting fails: the server's own refusal
+            # comes as libpq's "FATAL:" text. Only the refusals that mean "not now" are
+            # outages; an unknown database or a wrong password is not.
+            message = str(cause)
+            if "FATAL:" not in message:
+                return "the server could not be reached"
+            if any(words in message for words in _NOT_NOW):
+                return "the server is not accepting connections"
         if type(cause).__name__ in ("ConnectionDoesNotExistError", "InterfaceError") and (
             "connection" in str(cause) and "closed" in str(cause)
         ):
             return "the connection to the server was lost"
     return None
+
+
+_NOT_NOW = ("the database system is", "too many clients", "remaining connection slots")
+
+
+def _is_psycopg_operational_error(exc: BaseException) -> bool:
+    return any(
+        cls.__name__ == "OperationalError" and cls.__module__.partition(".")[0] == "psycopg"
+        for cls in type(exc).__mro__
+    )
 
 
 def server_outage(exc: BaseException) -> bool:

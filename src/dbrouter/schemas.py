@@ -60,14 +60,24 @@ def _discard_temporary_objects(
     """As the pool resets a connection that served a tenant: drop what the tenant left in
     ``pg_temp``. A failure here, a cancellation included, makes the pool close the
     connection, which drops them too."""
-    if not record.info.pop(_SERVED_TENANT, False):
+    if not record.info.pop(_SERVED_TENANT, False) or record.dbapi_connection is None:
         return
     if reset_state.terminate_only or not reset_state.asyncio_safe:
         return  # the connection is being closed: its temporary objects go with it
     if not reset_state.transaction_was_reset:
         dbapi_connection.rollback()  # DISCARD must not be undone by the pool's rollback
-    # Straight to the driver, outside any transaction.
-    await_only(dbapi_connection.driver_connection.execute("DISCARD TEMP"))
+    driver = dbapi_connection.driver_connection
+    if type(driver).__module__.partition(".")[0] == "asyncpg":
+        # Straight to the driver: asyncpg runs it outside any transaction, one round trip.
+        await_only(driver.execute("DISCARD TEMP"))
+    else:
+        # Other drivers open a transaction for it: commit it, or it is rolled back.
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("DISCARD TEMP")
+        finally:
+            cursor.close()
+        dbapi_connection.commit()
 
 
 class SchemaTenancy:

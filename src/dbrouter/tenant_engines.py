@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -27,6 +28,7 @@ logger = logging.getLogger("dbrouter")
 
 # PostgreSQL's "database does not exist": a tenant the URL template points nowhere.
 _NO_SUCH_DATABASE = "3D000"
+_MISSING = re.compile(r'FATAL:\s+database ".*" does not exist')
 
 
 class TenantEngineCache(TTLCache[str, Database]):
@@ -238,6 +240,8 @@ def _sqlstate(exc: BaseException) -> str | None:
         state = getattr(current, "sqlstate", None)
         if isinstance(state, str):
             return state
+        if state is None and "FATAL:" in str(current) and _MISSING.search(str(current)):
+            return _NO_SUCH_DATABASE  # libpq (psycopg) gives the server's refusal as text
         current = current.__cause__ or (
             current.orig if isinstance(current, sa_exc.DBAPIError) else None
         )
