@@ -8,7 +8,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
+
+from dbrouter import DatabaseRouter
 
 TABLE = "CREATE TABLE notes (id serial PRIMARY KEY, owner text NOT NULL, body text NOT NULL)"
 
@@ -76,3 +79,9 @@ async def tenant_schemas(
             )
     finally:
         await connection.close()
+
+
+async def owners_in(router: DatabaseRouter, tenant: str) -> list[str]:
+    """The ``owner`` of every row of the ``notes`` table *tenant*'s session sees."""
+    async with router.tenant_session(tenant) as session:
+        return list((await session.execute(text("SELECT owner FROM notes"))).scalars())

@@ -45,7 +45,7 @@ from dbrouter import (
 )
 from dbrouter.engines import build_engine
 from tests.conftest import serve, server_connections
-from tests.tenant_setup import tenant_databases, tenant_schemas
+from tests.tenant_setup import owners_in, tenant_databases, tenant_schemas
 
 Tenant = Annotated[str, Depends(get_tenant())]
 TenantDB = Annotated[AsyncSession, Depends(get_tenant_db())]
@@ -664,14 +664,9 @@ async def test_a_cancelled_request_does_not_cancel_the_lookup_it_shares(
             tenant_catalog=slow_catalog,
         )
         async with router:
-
-            async def owners() -> list[str]:
-                async with router.tenant_session("acme") as session:
-                    return list((await session.execute(text("SELECT owner FROM notes"))).scalars())
-
-            first = asyncio.create_task(owners())
+            first = asyncio.create_task(owners_in(router, "acme"))
             await asyncio.sleep(0.05)
-            second = asyncio.create_task(owners())
+            second = asyncio.create_task(owners_in(router, "acme"))
             await asyncio.sleep(0.05)
             first.cancel()  # the one that started the lookup
             assert await second == ["acme"]
@@ -744,18 +739,13 @@ async def test_a_tenant_repointed_while_its_engine_is_built(
             tenant_catalog=slow_catalog,
         )
         async with router:
-
-            async def owners() -> list[str]:
-                async with router.tenant_session("acme") as session:
-                    return list((await session.execute(text("SELECT owner FROM notes"))).scalars())
-
-            first = asyncio.create_task(owners())
+            first = asyncio.create_task(owners_in(router, "acme"))
             await looking_up.wait()
             router.add_tenant("acme", url=databases.urls["two"])
             # The request that began before may still be served by the old database...
             assert await first in (["one"], ["two"])
             # ...but no later one: the engine built from the old answer is not kept.
-            assert await owners() == ["two"]
+            assert await owners_in(router, "acme") == ["two"]
             engines = router.tenancy.engines
             assert engines is not None
             for _ in range(50):

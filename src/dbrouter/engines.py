@@ -64,7 +64,7 @@ def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
         server_settings: dict[str, str] = {}
         if "application_name" not in url.query:
             server_settings["application_name"] = f"dbrouter:{name}"[:63]
-        if settings.replica_of is not None and read_only_by_connection(settings):
+        if read_only_by_connection(settings):
             # Sent when connecting: every transaction on a replica is read-only, for free.
             server_settings["default_transaction_read_only"] = "on"
         if server_settings:
@@ -88,7 +88,7 @@ def build_engine(settings: DatabaseSettings, *, name: str, **overrides: Any) -> 
             options.pop(key, None)
     options.update(overrides)
     engine = create_async_engine(options.pop("url"), **options)
-    if settings.replica_of is not None and read_only_by_connection(settings):
+    if read_only_by_connection(settings):
         make_connections_read_only(engine, settings)
     return engine
 

@@ -103,7 +103,8 @@ def _refuse_flush(session: Session, flush_context: Any, instances: Any) -> None:
 
 
 def read_only_by_connection(settings: DatabaseSettings) -> bool:
-    """Whether every connection of a replica with *settings* is read-only from the start.
+    """Whether every connection of the database with *settings* is read-only from the
+    start: a replica reached over asyncpg or SQLite.
 
     asyncpg asks for ``default_transaction_read_only`` when it connects (not through
     PgBouncer, which refuses unknown startup parameters); SQLite connections get
@@ -111,6 +112,8 @@ def read_only_by_connection(settings: DatabaseSettings) -> bool:
     at no cost per session.
     """
     url = settings.url
+    if settings.replica_of is None:
+        return False
     if is_sqlite(url):
         return True
     return is_postgresql(url) and url.get_driver_name() == "asyncpg" and not settings.pgbouncer

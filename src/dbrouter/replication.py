@@ -6,39 +6,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
-from sqlalchemy.ext.asyncio import AsyncSession
+from collections.abc import Awaitable
 
 from .budget import ConnectionBudget
 from .consistency import current_consistency
-from .engines import SessionFactory, build_engine
+from .engines import build_engine
 from .errors import DatabaseUnavailableError
 from .lending import Route
 from .readonly import read_only_sessionmaker
 from .registry import Database, DatabaseRegistry, drain_and_dispose
 from .replicas import ReplicaMember, ReplicaSet, ReplicaStatus
 from .urls import is_postgresql
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaRoute:
-    """Where one replica session goes."""
-
-    database: Database
-    """The server it reads from: a replica, or the primary when falling back."""
-    sessionmaker: Callable[[], AsyncSession]
-    """Read-only sessions on that server."""
-    member: ReplicaMember | None = None
-    """The replica chosen; None on the primary or on a replica that is not probed."""
-    replica_set: ReplicaSet | None = None
-    """The set the member belongs to."""
-
-    def report_outage(self) -> None:
-        """Take the member out of rotation until the probe sees it healthy again."""
-        if self.member is not None and self.replica_set is not None:
-            self.replica_set.report_failure(self.member)
 
 
 class ReplicaGroup:
@@ -51,20 +29,16 @@ class ReplicaGroup:
         self.settings = replica.settings
         self.primary = primary
         self.members: tuple[Database, ...] = (replica, *self._extra_hosts(replica, budget))
-        self._read_only: dict[int, SessionFactory] = {
-            id(database.engine): read_only_sessionmaker(database.engine)
-            for database in self.members
-        }
-        self._read_only[id(primary.engine)] = read_only_sessionmaker(primary.engine)
         self.closed = False
         self.replica_set: ReplicaSet | None = None
         # Routes are built once: choosing one costs no allocation per session.
-        self._primary_route: Route = (primary, self.read_only(primary), None)
-        self._member_routes: list[Route] = [
-            (database, self.read_only(database), None) for database in self.members
-        ]
-        self._index: dict[int, int] = {}
-        self._members_by_engine: dict[int, ReplicaMember] = {}
+        sessions = {
+            id(database.engine): read_only_sessionmaker(database.engine)
+            for database in (*self.members, primary)
+        }
+        self._primary_route: Route = (primary, sessions[id(primary.engine)], None)
+        self._first_route: Route = (replica, sessions[id(replica.engine)], None)
+        self._member_routes: dict[int, Route] = {}
         if is_postgresql(replica.settings.url):
             weights = [replica.settings.weight, *(host.weight for host in self.settings.hosts)]
             replica_set = ReplicaSet(
@@ -76,15 +50,14 @@ class ReplicaGroup:
                 policy=self.settings.balance,
             )
             self.replica_set = replica_set
-            for index, member in enumerate(replica_set.members):
-                outage = functools.partial(replica_set.report_failure, member)
-                self._member_routes[index] = (
+            self._member_routes = {
+                id(member): (
                     member.database,
-                    self.read_only(member.database),
-                    outage,
+                    sessions[id(member.database.engine)],
+                    functools.partial(replica_set.report_failure, member),
                 )
-                self._index[id(member)] = index
-                self._members_by_engine[id(member.database.engine)] = member
+                for member in replica_set.members
+            }
 
     @staticmethod
     def _extra_hosts(replica: Database, budget: ConnectionBudget | None) -> list[Database]:
@@ -98,22 +71,10 @@ class ReplicaGroup:
             extra.append(Database(name, settings, engine, read_only_sessionmaker(engine)))
         return extra
 
-    def read_only(self, database: Database) -> SessionFactory:
-        """Read-only sessions on *database*, a member or the primary."""
-        return self._read_only[id(database.engine)]
-
-    async def route(self) -> ReplicaRoute:
-        """Where the next session goes, honouring the request's consistency token."""
-        found = self.lend_route()
-        database, sessionmaker, _ = found if isinstance(found, tuple) else await found
-        member = self._members_by_engine.get(id(database.engine))
-        if member is None:
-            return ReplicaRoute(database, sessionmaker)
-        return ReplicaRoute(database, sessionmaker, member, self.replica_set)
-
     def lend_route(self, may_wait: bool = True) -> Route | Awaitable[Route]:
-        """`route` in the form `LentSession` takes: at once, without I/O, unless the read
-        may wait for a replica (``consistency_wait``, and *may_wait*)."""
+        """Where the next session goes, honouring the request's consistency token: at
+        once, without I/O, unless the read may wait for a replica (``consistency_wait``,
+        and *may_wait*)."""
         record = current_consistency()
         mark = None if record is None else record.required.get(self.primary.name)
         if isinstance(mark, float):
@@ -122,7 +83,7 @@ class ReplicaGroup:
             mark = None
         replica_set = self.replica_set
         if replica_set is None:
-            return self._member_routes[0]
+            return self._first_route
         if not replica_set.running and not self.closed:
             replica_set.start()  # used outside a lifespan: probe from the first read on
         member = replica_set.choose(mark)
@@ -138,7 +99,7 @@ class ReplicaGroup:
         self, replica_set: ReplicaSet, member: ReplicaMember | None, mark: int | None
     ) -> Route:
         if member is not None:
-            return self._member_routes[self._index[id(member)]]
+            return self._member_routes[id(member)]
         behind = mark is not None and any(m.in_rotation for m in replica_set.members)
         if behind or self.settings.fallback == "primary":
             # Replicas still behind the client's own write are no outage: the primary has
