@@ -5,8 +5,9 @@ more connections than the server accepts. With ``max_connections`` set, every ne
 server connection first takes a slot here and gives it back when it closes; at the cap a
 connection attempt waits (up to the pool timeout of its database) for a slot, asking the
 owner of idle connections to let some go, and otherwise fails as unavailable (HTTP 503) —
-so the server never has to answer "too many clients". While connections wait, a connection
-returned to any pool is closed instead of kept idle, so its slot goes to the longest waiter.
+so the server never has to answer "too many clients". While connections to another
+database wait, a connection returned to a pool is closed instead of kept idle, so its slot
+goes to the longest waiter.
 """
 
 from __future__ import annotations

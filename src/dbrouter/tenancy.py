@@ -8,7 +8,7 @@ from collections.abc import Callable
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .budget import ConnectionBudget
-from .errors import ConfigurationError, RouterClosedError, UnknownTenantError
+from .errors import ConfigurationError, UnknownTenantError
 from .registry import Database, DatabaseRegistry
 from .resolvers import HeaderTenantResolver, TenantResolver
 from .schemas import SchemaTenancy
@@ -18,8 +18,6 @@ from .tenants import TenantCatalog, TenantDirectory
 from .urls import is_postgresql
 
 SessionMaker = Callable[[], AsyncSession]
-
-_LOOKUP_ATTEMPTS = 3
 
 
 class Tenancy:
@@ -59,15 +57,7 @@ class Tenancy:
         `UnknownTenantError` for an id that names no tenant.
         """
         tenant = self.directory.validate(raw)
-        attempts = 1
-        while True:
-            try:
-                return tenant, await self.directory.lookup(tenant, self._find)
-            except RouterClosedError:
-                # Re-pointed while its engine was being built: look it up again.
-                if attempts == _LOOKUP_ATTEMPTS:
-                    raise
-                attempts += 1
+        return tenant, await self.directory.lookup(tenant, self._find)
 
     async def route(self, tenant: str) -> tuple[Database, SessionMaker]:
         """The database of *tenant* and how to open a session on it (see `identify`)."""

@@ -63,8 +63,6 @@ class TenantEngines:
         self._tenancy = tenancy
         self._budget = budget
         self._last_used: dict[str, float] = {}
-        # Tenants whose engine is being built -> whether it was evicted meanwhile (stale).
-        self._in_flight: dict[str, bool] = {}
         # The settings each cached engine was built from: other settings need a new one.
         self._built_from: dict[str, TenantSettings] = {}
         self._cache = TenantEngineCache(tenancy.max_engines, tenancy.engine_idle_ttl, self._retire)
@@ -94,10 +92,8 @@ class TenantEngines:
         return await self._building.run(tenant, functools.partial(self._build, tenant, settings))
 
     def evict(self, tenant: str) -> bool:
-        """Drop *tenant*'s engine now (its open sessions finish first), and make a build
-        under way for it fail with `RouterClosedError`; whether an engine was cached."""
-        if tenant in self._in_flight:
-            self._in_flight[tenant] = True
+        """Drop *tenant*'s engine now (its open sessions finish first); whether an engine
+        was cached."""
         database = self._cache.pop(tenant, None)
         if database is not None:
             self._retire(database)
@@ -150,16 +146,11 @@ class TenantEngines:
             await database.engine.dispose()
 
     async def _build(self, tenant: str, settings: TenantSettings) -> Database:
-        self._in_flight[tenant] = False
-        try:
-            database = self._new_database(tenant, settings)
-            if settings.url is None:
-                await self._verify(tenant, database)
-        finally:
-            stale = self._in_flight.pop(tenant)
-        if stale or self._closed:
-            # Re-pointed or removed while this engine was built from the old settings, or
-            # the router closed meanwhile.
+        database = self._new_database(tenant, settings)
+        if settings.url is None:
+            await self._verify(tenant, database)
+        if self._closed:
+            # The router closed while this engine was built.
             await database.engine.dispose()
             raise RouterClosedError()
         self._cache[tenant] = database
