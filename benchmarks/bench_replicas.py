@@ -38,8 +38,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbrouter import DatabaseRouter, RouterSettings, get_db
-from dbrouter.consistency import TOKEN_HEADER, format_token
 from dbrouter.replicas import parse_lsn
+from dbrouter.replicas.consistency import TOKEN_HEADER, format_token
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:

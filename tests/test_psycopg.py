@@ -21,7 +21,7 @@ from dbrouter import (
     UnknownTenantError,
     get_db,
 )
-from dbrouter.consistency import TOKEN_HEADER, parse_token
+from dbrouter.replicas.consistency import TOKEN_HEADER, parse_token
 from tests.conftest import serve
 from tests.tenant_setup import tenant_databases, tenant_schemas
 

@@ -15,11 +15,16 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from dbrouter import DatabaseRouter, DatabaseUnavailableError, RouterSettings, get_db
+from dbrouter import (
+    DatabaseRouter,
+    DatabaseUnavailableError,
+    ReadOnlySessionError,
+    RouterSettings,
+    get_db,
+)
 from dbrouter.cli import main
-from dbrouter.consistency import TOKEN_COOKIE, TOKEN_HEADER, format_token, parse_token
-from dbrouter.readonly import ReadOnlySessionError
 from dbrouter.replicas import parse_lsn
+from dbrouter.replicas.consistency import TOKEN_COOKIE, TOKEN_HEADER, format_token, parse_token
 from tests.conftest import serve
 from tests.replication import (
     REPLICA_SETTINGS,
@@ -380,7 +385,7 @@ async def test_reads_spread_over_hosts(replication: Replication) -> None:
 
 
 def test_a_token_never_points_past_a_page_header() -> None:
-    from dbrouter.consistency import before_page_header
+    from dbrouter.replicas.consistency import before_page_header
 
     block, segment = 8192, 16 * 1024 * 1024
     assert before_page_header(3 * block + 24, block, segment) == 3 * block

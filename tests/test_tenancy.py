@@ -454,7 +454,7 @@ async def test_bad_ids_are_rejected_before_any_io(
         built.append(kwargs["name"])
         return real_build(*args, **kwargs)
 
-    monkeypatch.setattr("dbrouter.tenant_engines.build_engine", counting_build)
+    monkeypatch.setattr("dbrouter.tenancy.database.build_engine", counting_build)
     router = DatabaseRouter(
         RouterSettings(
             databases={"primary": {"url": "sqlite://"}},

@@ -6,9 +6,11 @@ from typing import Any as _Any
 
 from .context import current_tenant
 from .errors import (
+    BudgetExhaustedError,
     ConfigurationError,
     DatabaseUnavailableError,
     DBRouterError,
+    ReadOnlySessionError,
     RouterClosedError,
     TenantError,
     TenantResolutionError,
@@ -16,16 +18,6 @@ from .errors import (
     UnknownTenantError,
 )
 from .health import DatabaseHealth, HealthReport, PoolStats
-from .readonly import ReadOnlySessionError
-from .resolvers import (
-    CallableTenantResolver,
-    ChainTenantResolver,
-    HeaderTenantResolver,
-    PathTenantResolver,
-    SubdomainTenantResolver,
-    TenantRequest,
-    TenantResolver,
-)
 from .router import DatabaseRouter
 from .settings import (
     DatabaseSettings,
@@ -34,9 +26,19 @@ from .settings import (
     TenancySettings,
     TenantSettings,
 )
-from .tenants import TenantCatalog
+from .tenancy.directory import TenantCatalog
+from .tenancy.resolvers import (
+    CallableTenantResolver,
+    ChainTenantResolver,
+    HeaderTenantResolver,
+    PathTenantResolver,
+    SubdomainTenantResolver,
+    TenantRequest,
+    TenantResolver,
+)
 
 __all__ = [
+    "BudgetExhaustedError",
     "CallableTenantResolver",
     "ChainTenantResolver",
     "ConfigurationError",

@@ -24,13 +24,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from .errors import DatabaseUnavailableError
+from .errors import BudgetExhaustedError
 from .urls import is_postgresql
-
-
-class BudgetExhaustedError(DatabaseUnavailableError):
-    """No slot of ``max_connections`` freed up in time: the process, not the server, is at
-    its limit."""
 
 
 class ConnectionBudget:

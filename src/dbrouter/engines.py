@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.pool import NullPool, StaticPool
 
-from .consistency import current_consistency, position_after_commit
-from .readonly import make_connections_read_only, read_only_by_connection
+from .replicas.consistency import current_consistency, position_after_commit
+from .replicas.readonly import make_connections_read_only, read_only_by_connection
 from .settings import DatabaseSettings
 from .urls import is_postgresql, is_sqlite
 

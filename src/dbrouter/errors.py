@@ -68,6 +68,15 @@ class DatabaseUnavailableError(DBRouterError, ConnectionError):
         super().__init__(f"database {name!r} is unavailable: {reason}")
 
 
+class BudgetExhaustedError(DatabaseUnavailableError):
+    """No slot of ``max_connections`` freed up in time: the process, not the server, is at
+    its limit."""
+
+
+class ReadOnlySessionError(DBRouterError, RuntimeError):
+    """A write was attempted through a read-only (replica) session."""
+
+
 class RouterClosedError(DBRouterError, RuntimeError):
     """The router was disposed; it opens no connection any more."""
 

@@ -13,7 +13,7 @@ from sqlalchemy.pool import QueuePool
 
 from .outages import outage_reason
 from .registry import Database
-from .replicas import ReplicaStatus
+from .replicas.rotation import ReplicaStatus
 
 
 @dataclass(frozen=True, slots=True)

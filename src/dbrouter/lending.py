@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .errors import RouterClosedError
 from .outages import as_unavailable, budget_exhausted, server_outage
-from .readonly import ReplicaSession
 from .registry import Database
+from .replicas.readonly import ReplicaSession
 
 logger = logging.getLogger("dbrouter")
 

@@ -11,8 +11,7 @@ from collections.abc import Iterator
 
 from sqlalchemy import exc as sa_exc
 
-from .budget import BudgetExhaustedError
-from .errors import DatabaseUnavailableError, DBRouterError
+from .errors import BudgetExhaustedError, DatabaseUnavailableError, DBRouterError
 
 # SQLSTATE classes and codes that mean the server went away or will not take connections:
 # 08 connection exception, 57P01-57P03 admin/crash shutdown and "cannot connect now",

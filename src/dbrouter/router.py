@@ -17,11 +17,11 @@ from .errors import ConfigurationError, RouterClosedError
 from .health import HealthReport, check_databases
 from .lending import LentSession
 from .registry import Database, DatabaseRegistry
-from .replication import Replication
-from .resolvers import TenantResolver
+from .replicas.routing import Replication
 from .settings import RouterSettings, TenantSettings
-from .tenancy import Tenancy
-from .tenants import TenantCatalog
+from .tenancy.directory import TenantCatalog
+from .tenancy.resolvers import TenantResolver
+from .tenancy.routing import Tenancy
 from .urls import render
 
 if TYPE_CHECKING:
@@ -232,7 +232,7 @@ class DatabaseRouter:
         (an unknown name stops the startup) and makes the router reachable from requests.
         On shutdown it disposes every engine.
         """
-        from .fastapi import attach_router
+        from .fastapi.dependencies import attach_router
 
         state = attach_router(self, app)
         if self._replication is not None:
@@ -248,7 +248,7 @@ class DatabaseRouter:
 
     def health_router(self, *, path: str = "/health/databases") -> APIRouter:
         """An `APIRouter` serving the health report at *path* (200 healthy, 503 not)."""
-        from .fastapi import build_health_router
+        from .fastapi.dependencies import build_health_router
 
         return build_health_router(self, path=path)
 

@@ -7,15 +7,15 @@ from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .budget import ConnectionBudget
-from .errors import ConfigurationError, UnknownTenantError
-from .registry import Database, DatabaseRegistry
+from ..budget import ConnectionBudget
+from ..errors import ConfigurationError, UnknownTenantError
+from ..registry import Database, DatabaseRegistry
+from ..settings import TenancySettings, TenantSettings
+from ..urls import is_postgresql
+from .database import TenantEngines
+from .directory import TenantCatalog, TenantDirectory
 from .resolvers import HeaderTenantResolver, TenantResolver
-from .schemas import SchemaTenancy
-from .settings import TenancySettings, TenantSettings
-from .tenant_engines import TenantEngines
-from .tenants import TenantCatalog, TenantDirectory
-from .urls import is_postgresql
+from .schema import SchemaTenancy
 
 SessionMaker = Callable[[], AsyncSession]
 

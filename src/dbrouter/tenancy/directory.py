@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 
 from cachetools import TTLCache
 
-from .errors import TenantResolutionError, UnknownTenantError
-from .settings import TenancySettings, TenantSettings
-from .singleflight import SingleFlight
+from ..errors import TenantResolutionError, UnknownTenantError
+from ..settings import TenancySettings, TenantSettings
+from ..singleflight import SingleFlight
 
 TenantCatalog = Callable[[str], Awaitable[TenantSettings | None]]
 """An async function that looks a tenant id up (in a ``tenants`` table, a service...) and

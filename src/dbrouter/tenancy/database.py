@@ -15,14 +15,14 @@ from cachetools import TTLCache
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
-from .budget import ConnectionBudget
-from .engines import build_engine, build_sessionmaker
-from .errors import RouterClosedError, UnknownTenantError
-from .outages import as_unavailable
-from .registry import Database, drain_and_dispose
-from .settings import DatabaseSettings, TenancySettings, TenantSettings
-from .singleflight import SingleFlight
-from .urls import parse_url
+from ..budget import ConnectionBudget
+from ..engines import build_engine, build_sessionmaker
+from ..errors import RouterClosedError, UnknownTenantError
+from ..outages import as_unavailable
+from ..registry import Database, drain_and_dispose
+from ..settings import DatabaseSettings, TenancySettings, TenantSettings
+from ..singleflight import SingleFlight
+from ..urls import parse_url
 
 logger = logging.getLogger("dbrouter")
 

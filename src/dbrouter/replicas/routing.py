@@ -8,15 +8,15 @@ import functools
 import time
 from collections.abc import Awaitable
 
-from .budget import ConnectionBudget
+from ..budget import ConnectionBudget
+from ..engines import build_engine
+from ..errors import DatabaseUnavailableError
+from ..lending import Route
+from ..registry import Database, DatabaseRegistry, drain_and_dispose
+from ..urls import is_postgresql
 from .consistency import current_consistency
-from .engines import build_engine
-from .errors import DatabaseUnavailableError
-from .lending import Route
 from .readonly import read_only_sessionmaker
-from .registry import Database, DatabaseRegistry, drain_and_dispose
-from .replicas import ReplicaMember, ReplicaSet, ReplicaStatus
-from .urls import is_postgresql
+from .rotation import ReplicaMember, ReplicaSet, ReplicaStatus
 
 
 class ReplicaGroup:

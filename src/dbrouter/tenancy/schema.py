@@ -26,9 +26,9 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from sqlalchemy.util import await_only
 
-from .errors import TenantError
-from .registry import Database
-from .settings import TenantSettings
+from ..errors import TenantError
+from ..registry import Database
+from ..settings import TenantSettings
 
 logger = logging.getLogger("dbrouter")
 

@@ -20,7 +20,15 @@ from starlette.datastructures import MutableHeaders
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .consistency import (
+from ..context import tenant_context
+from ..errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    RouterClosedError,
+    TenantResolutionError,
+    UnknownTenantError,
+)
+from ..replicas.consistency import (
     TOKEN_COOKIE,
     TOKEN_HEADER,
     Mark,
@@ -31,16 +39,8 @@ from .consistency import (
     reset_consistency,
     set_consistency,
 )
-from .context import tenant_context
-from .errors import (
-    ConfigurationError,
-    DatabaseUnavailableError,
-    RouterClosedError,
-    TenantResolutionError,
-    UnknownTenantError,
-)
-from .resolvers import TenantRequest
-from .router import DatabaseRouter
+from ..router import DatabaseRouter
+from ..tenancy.resolvers import TenantRequest
 
 logger = logging.getLogger("dbrouter")
 

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from sqlalchemy import exc as sa_exc
 
+from ..outages import budget_exhausted, outage_reason
 from .lsn import format_lsn, parse_lsn
-from .outages import budget_exhausted, outage_reason
 from .probes import ReplicaReading, probe, read_primary, read_replica
 
 if TYPE_CHECKING:
     # Only for annotations: the registry's own imports may lead back here.
-    from .registry import Database
+    from ..registry import Database
 
 __all__ = [
     "ReplicaMember",

@@ -22,16 +22,12 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
-from .errors import DBRouterError
-from .settings import DatabaseSettings
-from .urls import is_postgresql, is_sqlite
+from ..errors import ReadOnlySessionError
+from ..settings import DatabaseSettings
+from ..urls import is_postgresql, is_sqlite
 
 _QUERY_ONLY = "dbrouter_query_only"
 _READ_ONLY = "dbrouter_read_only"
-
-
-class ReadOnlySessionError(DBRouterError, RuntimeError):
-    """A write was attempted through a read-only (replica) session."""
 
 
 _READ_ONLY_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
