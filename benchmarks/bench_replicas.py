@@ -83,10 +83,7 @@ async def run(primary_url: str, standby_url: str, args: argparse.Namespace) -> N
         LifespanManager(plain_app) as plain_manager,
         LifespanManager(replica_app) as replica_manager,
     ):
-        replication = replica.replication
-        assert replication is not None
-        replica_set = replication.groups["replica"].replica_set
-        assert replica_set is not None
+        replica_set = replica.replica_set("replica")
         async with replica.session("primary") as session:
             position = parse_lsn(str(await session.scalar(SELECT_POSITION)))
         if await replica_set.wait_for(position, timeout=30) is None:

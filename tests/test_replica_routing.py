@@ -141,7 +141,7 @@ async def test_a_replica_session_that_falls_back_is_still_read_only(
 async def test_read_your_writes_with_a_token(replication: Replication) -> None:
     router, app = build(replication)
     async with serve(app) as client:
-        await eventually(lambda: bool(router.replication), "replication ready")
+        await eventually(lambda: router.has_replicas, "replication ready")
         await replication.pause_replay()
         written = await client.post("/write", params={"payload": "ryw"})
         assert written.status_code == 200
@@ -162,11 +162,11 @@ async def test_read_your_writes_with_a_token(replication: Replication) -> None:
         client.cookies.clear()
 
         await replication.resume_replay()
-        group = router.replication.groups["replica"]  # type: ignore[union-attr]
+        replica_set = router.replica_set("replica")
         mark = parse_token(token)["primary"]
         assert isinstance(mark, int)
         await eventually(
-            lambda: group.replica_set.choose(mark) is not None,  # type: ignore[union-attr]
+            lambda: replica_set.choose(mark) is not None,
             "the standby replays the write",
         )
         again = await client.get("/read", params={"payload": "ryw"}, headers={TOKEN_HEADER: token})
@@ -262,13 +262,12 @@ async def test_a_standby_that_goes_down_costs_at_most_one_request(
         assert served_by == Counter({False: statuses[200]})
 
         await asyncio.to_thread(replication.standby.start)
-        group = router.replication.groups["replica"]  # type: ignore[union-attr]
-        assert group.replica_set is not None
+        replica_set = router.replica_set("replica")
         took = await eventually(
-            lambda: group.replica_set.members[0].in_rotation,  # type: ignore[union-attr]
+            lambda: replica_set.members[0].in_rotation,
             "the standby comes back into rotation",
         )
-        assert took < 10 * group.replica_set.interval + 2
+        assert took < 10 * replica_set.interval + 2
         assert (await client.get("/read")).json()["standby"] is True
 
 
@@ -276,9 +275,8 @@ async def test_a_lagging_standby_leaves_rotation(replication: Replication) -> No
     router, app = build(replication, max_lag=0.5)
     async with serve(app) as client:
         await replication.pause_replay()
-        group = router.replication.groups["replica"]  # type: ignore[union-attr]
-        assert group.replica_set is not None
-        member = group.replica_set.members[0]
+        replica_set = router.replica_set("replica")
+        member = replica_set.members[0]
 
         async def keep_writing() -> None:
             while member.in_rotation:
@@ -465,9 +463,8 @@ async def test_sessions_sent_to_a_standby_that_just_went_down_move_on(
     router, app = build(replication, health_check_interval=60)
     async with serve(app) as client:
         assert (await client.get("/read")).json()["standby"] is True
-        group = router.replication.groups["replica"]  # type: ignore[union-attr]
-        assert group.replica_set is not None
-        member = group.replica_set.members[0]
+        replica_set = router.replica_set("replica")
+        member = replica_set.members[0]
         await eventually(lambda: member.last_probe is not None, "the first probe round")
         assert member.in_rotation
         await asyncio.to_thread(replication.standby.stop, "immediate")
@@ -487,9 +484,8 @@ async def test_a_session_waiting_for_its_token_still_moves_off_a_dead_standby(
     router, app = build(replication, health_check_interval=60, consistency_wait=1.0)
     async with serve(app) as client:
         assert (await client.get("/read")).json()["standby"] is True
-        group = router.replication.groups["replica"]  # type: ignore[union-attr]
-        assert group.replica_set is not None
-        member = group.replica_set.members[0]
+        replica_set = router.replica_set("replica")
+        member = replica_set.members[0]
         await eventually(lambda: member.replay_lsn is not None, "the first probe round")
         assert member.replay_lsn is not None
         token = format_token({"primary": member.replay_lsn})
@@ -517,9 +513,8 @@ async def test_a_full_connection_budget_is_no_outage_of_the_standby(
         )
     )
     async with router:
-        group = router.replication.groups["replica"]  # type: ignore[union-attr]
-        assert group.replica_set is not None
-        member = group.replica_set.members[0]
+        replica_set = router.replica_set("replica")
+        member = replica_set.members[0]
         async with router.session("primary") as holder:
             await holder.execute(text("SELECT 1"))  # the only connection the budget allows
             with pytest.raises(DatabaseUnavailableError, match="max_connections") as caught:

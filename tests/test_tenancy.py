@@ -43,7 +43,7 @@ from dbrouter import (
     get_tenant,
     get_tenant_db,
 )
-from dbrouter.engines import build_engine
+from dbrouter.events import EngineBuilt
 from tests.conftest import serve, server_connections
 from tests.tenant_setup import owners_in, tenant_databases, tenant_schemas
 
@@ -443,24 +443,16 @@ async def trap() -> AsyncIterator[tuple[str, list[int]]]:
         yield trapped
 
 
-async def test_bad_ids_are_rejected_before_any_io(
-    trap: tuple[str, list[int]], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_bad_ids_are_rejected_before_any_io(trap: tuple[str, list[int]]) -> None:
     template, accepted = trap
     built: list[str] = []
-    real_build = build_engine
-
-    def counting_build(*args: Any, **kwargs: Any) -> Any:
-        built.append(kwargs["name"])
-        return real_build(*args, **kwargs)
-
-    monkeypatch.setattr("dbrouter.tenancy.database.build_engine", counting_build)
     router = DatabaseRouter(
         RouterSettings(
             databases={"primary": {"url": "sqlite://"}},
             tenancy={"url_template": template},
         )
     )
+    router.events.subscribe(EngineBuilt, lambda event: built.append(event.name))
     refused_by_client = []
     async with serve(tenant_app(router)) as client:
         for bad in BAD_IDS:
@@ -477,8 +469,7 @@ async def test_bad_ids_are_rejected_before_any_io(
             with pytest.raises(TenantResolutionError):
                 async with router.tenant_session(bad):
                     pass
-        assert router.tenancy.engines is not None
-        assert router.tenancy.engines.cached() == {}
+        assert router.tenant_engines() == {}
     assert refused_by_client in ([], ["acme\x00"])
     assert accepted == []
     assert built == []
@@ -541,10 +532,9 @@ async def test_a_stampede_builds_one_engine(database_router: DatabaseRouter) -> 
 
     binds = await asyncio.gather(*(bind() for _ in range(500)))
     assert len(set(binds)) == 1
-    engines = database_router.tenancy.engines
-    assert engines is not None
-    assert list(engines.cached()) == [tenant]
-    assert engines.retiring == 0
+    router_under_test = database_router
+    assert list(router_under_test.tenant_engines()) == [tenant]
+    assert router_under_test.draining_engines == 0
 
 
 async def test_eviction_under_load(
@@ -570,15 +560,14 @@ async def test_eviction_under_load(
 
             answers = await asyncio.gather(*(slow(tenants[i % 10]) for i in range(60)))
             assert answers == [tenants[i % 10] for i in range(60)]
-            engines = router.tenancy.engines
-            assert engines is not None
-            live = set(engines.cached())
+            router_under_test = router
+            live = set(router_under_test.tenant_engines())
             assert len(live) <= 2
             for _ in range(50):
-                if engines.retiring == 0:
+                if router_under_test.draining_engines == 0:
                     break
                 await asyncio.sleep(0.1)
-            assert engines.retiring == 0
+            assert router_under_test.draining_engines == 0
             open_to = {t: await server_connections(url) for t, url in databases.urls.items()}
             assert {t for t, count in open_to.items() if count} <= live
         assert [await server_connections(url) for url in databases.urls.values()] == [0] * 10
@@ -600,9 +589,8 @@ async def test_idle_engines_expire(postgres_admin_url: str, pg_url: str) -> None
         assert await server_connections(url) == 1
         await asyncio.sleep(1.0 + 0.25 + 0.5)  # ttl, reaper interval, a margin
         assert await server_connections(url) == 0
-        engines = router.tenancy.engines
-        assert engines is not None
-        assert engines.cached() == {}
+        router_under_test = router
+        assert router_under_test.tenant_engines() == {}
         await router.dispose()
 
 
@@ -746,10 +734,9 @@ async def test_a_tenant_repointed_while_its_engine_is_built(
             assert await first in (["one"], ["two"])
             # ...but no later one: the engine built from the old answer is not kept.
             assert await owners_in(router, "acme") == ["two"]
-            engines = router.tenancy.engines
-            assert engines is not None
+            router_under_test = router
             for _ in range(50):
-                if engines.retiring == 0:
+                if router_under_test.draining_engines == 0:
                     break
                 await asyncio.sleep(0.1)
             assert await server_connections(databases.urls["one"]) == 0
@@ -766,12 +753,11 @@ async def test_template_tenants_are_known_only_when_their_database_exists(
         assert response.json() == {"detail": "unknown tenant"}
         response = await client.get("/background", headers=as_tenant(TENANTS[1]))
         assert response.json() == TENANTS[1]
-        engines = database_router.tenancy.engines
-        assert engines is not None
-        assert set(engines.cached()) == {TENANTS[1]}
+        router_under_test = database_router
+        assert set(router_under_test.tenant_engines()) == {TENANTS[1]}
         # Forgetting a template tenant drops its engine; the next request finds it again.
         database_router.remove_tenant(TENANTS[1])
-        assert engines.cached() == {}
+        assert router_under_test.tenant_engines() == {}
         with pytest.raises(UnknownTenantError):
             database_router.remove_tenant(TENANTS[2])
         response = await client.get("/notes", headers=as_tenant(TENANTS[1]))

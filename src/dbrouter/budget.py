@@ -25,7 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from .errors import BudgetExhaustedError
+from .events import BudgetExhausted, BudgetWaited, EventBus
 from .urls import is_postgresql
+
+__all__ = ["ConnectionBudget"]
 
 
 class ConnectionBudget:
@@ -35,8 +38,15 @@ class ConnectionBudget:
     elsewhere (by evicting an unused tenant engine) and returns whether it did.
     """
 
-    def __init__(self, limit: int, reclaim: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        reclaim: Callable[[], bool] | None = None,
+        *,
+        events: EventBus | None = None,
+    ) -> None:
         self.limit = limit
+        self.events = events
         self.reclaim = reclaim
         self._open = 0
         # Counted per engine: a re-pointed tenant has two engines under one name while the
@@ -69,12 +79,18 @@ class ConnectionBudget:
         self._waiting[key] += 1
         if self.reclaim is not None:
             self.reclaim()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            if self.events is not None:
+                self.events.emit(BudgetWaited(name, loop.time() - started))
         except asyncio.TimeoutError:
             if waiter.done() and not waiter.cancelled():
                 return  # the slot arrived as time ran out: keep it
             waiter.cancel()
+            if self.events is not None:
+                self.events.emit(BudgetExhausted(name))
             raise BudgetExhaustedError(
                 name, f"all {self.limit} connections of max_connections are in use"
             ) from None

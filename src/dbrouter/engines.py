@@ -1,4 +1,5 @@
-"""Building one production-grade async engine and sessionmaker from settings."""
+"""The engine factory: every production-grade async engine and sessionmaker of a router
+is built here, from settings."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -18,13 +19,28 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.pool import NullPool, StaticPool
 
+from .budget import ConnectionBudget
+from .databases import Availability, Database, GuardedSession, SessionFactory
+from .errors import RouterClosedError
+from .events import EngineBuilt, EngineDisposed, EngineKind, EventBus
+from .lifecycle import Lifecycle, State
 from .replicas.consistency import current_consistency, position_after_commit
-from .replicas.readonly import make_connections_read_only, read_only_by_connection
+from .replicas.readonly import (
+    make_connections_read_only,
+    read_only_by_connection,
+    read_only_sessionmaker,
+)
 from .settings import DatabaseSettings
 from .urls import is_postgresql, is_sqlite
 
-SessionFactory = async_sessionmaker[AsyncSession]
-"""The sessionmaker type every database gets."""
+__all__ = [
+    "DATABASE_KEY",
+    "EngineFactory",
+    "RoutedSession",
+    "SessionFactory",
+    "build_sessionmaker",
+    "engine_options",
+]
 
 DATABASE_KEY = "dbrouter_database"
 """The key of the database name in ``session.info``."""
@@ -80,20 +96,93 @@ def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
     return options
 
 
-def build_engine(settings: DatabaseSettings, *, name: str, **overrides: Any) -> AsyncEngine:
-    """A new engine for *settings*; *overrides* replace single options (tests, tenants)."""
-    options = engine_options(settings, name=name)
-    if overrides.get("poolclass") is NullPool:
-        for key in ("pool_size", "max_overflow", "pool_timeout", "pool_use_lifo"):
-            options.pop(key, None)
-    options.update(overrides)
-    engine = create_async_engine(options.pop("url"), **options)
-    if read_only_by_connection(settings):
-        make_connections_read_only(engine, settings)
-    return engine
+class EngineFactory:
+    """Builds every engine of a router — named databases, replica servers, tenant and
+    maintenance engines — and disposes them: the one place `create_async_engine` is
+    called.
+
+    Each engine gets the pool settings, the production options, PgBouncer mode, read-only
+    connections on a replica, a slot of ``max_connections`` per server connection, and a
+    hook that reports a server coming back. Subclass and override `create_engine` to bind
+    engines elsewhere (a test harness, an instrumented driver).
+    """
+
+    def __init__(
+        self,
+        *,
+        events: EventBus,
+        budget: ConnectionBudget | None = None,
+        lifecycle: Lifecycle | None = None,
+    ) -> None:
+        self.events = events
+        self.budget = budget
+        self.lifecycle = lifecycle
+
+    def create_engine(self, url: URL, **options: Any) -> AsyncEngine:
+        """The engine for *url* with *options* (`create_async_engine`'s keywords)."""
+        return create_async_engine(url, **options)
+
+    def build(
+        self,
+        name: str,
+        settings: DatabaseSettings,
+        *,
+        kind: EngineKind = "database",
+        note_commits: bool = False,
+        **overrides: Any,
+    ) -> Database:
+        """A new `Database` named *name* for *settings*; *overrides* replace single
+        engine options. With *note_commits* (a primary with replicas) its commits are
+        noted for read-your-writes; a ``replica`` engine lends read-only sessions."""
+        options = engine_options(settings, name=name)
+        if overrides.get("poolclass") is NullPool:
+            for key in ("pool_size", "max_overflow", "pool_timeout", "pool_use_lifo"):
+                options.pop(key, None)
+        options.update(overrides)
+        engine = self.create_engine(options.pop("url"), **options)
+        if read_only_by_connection(settings):
+            make_connections_read_only(engine, settings)
+        if self.budget is not None:
+            self.budget.instrument(engine, name=name, timeout=settings.pool_timeout)
+        if kind == "replica":
+            sessions = read_only_sessionmaker(engine)
+        else:
+            sessions = build_sessionmaker(engine, name, note_commits=note_commits)
+        availability = Availability(name, self.events)
+
+        def connected(dbapi_connection: Any, record: Any) -> None:
+            availability.regained()
+
+        event.listen(engine.sync_engine, "connect", connected)
+        lifecycle = self.lifecycle
+        if lifecycle is not None:
+
+            def refuse_once_closed(*_: Any) -> None:
+                # A disposed engine would open a brand-new connection nothing ever closes.
+                if lifecycle.state is State.CLOSED:
+                    raise RouterClosedError()
+
+            event.listen(engine.sync_engine, "do_connect", refuse_once_closed)
+        self.events.emit(EngineBuilt(name, kind))
+        return Database(
+            name, settings, engine, sessions, kind, availability=availability, events=self.events
+        )
+
+    async def dispose(self, database: Database, timeout: float | None = None) -> None:
+        """Stop *database* taking sessions, wait for the open ones (at most *timeout*
+        seconds; None: as long as they take), then close every connection of its engine."""
+        database.leases.retire()
+        if not await database.leases.drained(timeout):
+            logger.warning(
+                "dbrouter: disposing database %r while %d session(s) still use it",
+                database.name,
+                database.leases.count,
+            )
+        await database.engine.dispose()
+        self.events.emit(EngineDisposed(database.name, database.kind))
 
 
-class RoutedSession(Session):
+class RoutedSession(GuardedSession):
     """Sessions on a primary with replicas: each commit is noted for read-your-writes."""
 
 
@@ -145,7 +234,11 @@ def build_sessionmaker(
     """
     if not note_commits:
         return async_sessionmaker(
-            engine, class_=AsyncSession, autoflush=False, expire_on_commit=False
+            engine,
+            class_=AsyncSession,
+            sync_session_class=GuardedSession,
+            autoflush=False,
+            expire_on_commit=False,
         )
     return async_sessionmaker(
         engine,

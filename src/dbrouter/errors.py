@@ -47,7 +47,13 @@ class TenantError(DBRouterError):
 
 
 class TenantResolutionError(TenantError, ValueError):
-    """No tenant could be read from the request, or the id read is malformed."""
+    """No tenant could be read from the request, or the id read is malformed or given more
+    than once."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        self.missing = missing
+        """Whether the request named no tenant at all (rather than a bad one)."""
+        super().__init__(message)
 
 
 class UnknownTenantError(TenantError, LookupError):
@@ -75,6 +81,11 @@ class BudgetExhaustedError(DatabaseUnavailableError):
 
 class ReadOnlySessionError(DBRouterError, RuntimeError):
     """A write was attempted through a read-only (replica) session."""
+
+
+class SessionClosedError(DBRouterError, RuntimeError):
+    """A session was used after its request (or its ``async with`` block) ended: it opens
+    no connection any more. Open a new session where the work happens."""
 
 
 class RouterClosedError(DBRouterError, RuntimeError):

@@ -10,15 +10,23 @@ import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .databases import Database, GuardedSession
 from .errors import RouterClosedError
+from .events import CheckoutTimedOut
 from .outages import as_unavailable, budget_exhausted, server_outage
-from .registry import Database
 from .replicas.readonly import ReplicaSession
 
 logger = logging.getLogger("dbrouter")
+
+_ENDED = (
+    "this session was lent for a request or an `async with` block that has ended; it "
+    "opens no connection any more. Open a new session where the work happens "
+    "(`async with router.session(...)` in a background task)"
+)
 
 SessionMaker = Callable[[], AsyncSession]
 Route = tuple[Database, SessionMaker, Callable[[], None] | None]
@@ -127,6 +135,8 @@ class LentSession:
             finally:
                 database.leases.release()
                 sync_session = session.sync_session
+                if isinstance(sync_session, GuardedSession):
+                    sync_session.ended = _ENDED
                 if isinstance(sync_session, ReplicaSession):
                     # The hook refers back to this object: left in place, every replica
                     # session would live on in a reference cycle until a collection.
@@ -134,13 +144,28 @@ class LentSession:
 
     async def _failed(self, session: AsyncSession, database: Database, exc: BaseException) -> None:
         await _rollback_quietly(session)
+        events = database.events
+        if events is not None and _pool_timed_out(exc):
+            events.emit(CheckoutTimedOut(database.name))
         unavailable = as_unavailable(exc, database.name)
         if unavailable is None:
             return
-        if self._on_outage is not None and not budget_exhausted(unavailable):
-            self._on_outage()
+        if self._on_outage is not None:
+            if not budget_exhausted(unavailable):
+                self._on_outage()  # a replica server: out of rotation, and it says so
+        elif database.availability is not None and server_outage(unavailable):
+            database.availability.lost(unavailable.reason)
         if unavailable is not exc:
             raise unavailable from exc
+
+
+def _pool_timed_out(exc: BaseException) -> bool:
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, sa_exc.TimeoutError):
+            return True
+        current = current.__cause__
+    return False
 
 
 async def _rollback_quietly(session: AsyncSession) -> None:

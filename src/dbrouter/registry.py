@@ -3,56 +3,48 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from .engines import SessionFactory, build_engine, build_sessionmaker
-from .errors import RouterClosedError, UnknownDatabaseError
-from .leases import Leases
+from .databases import Database
+from .engines import EngineFactory
+from .errors import UnknownDatabaseError
+from .events import EventBus
+from .lifecycle import Lifecycle
+from .logs import log_events
 from .settings import DatabaseSettings
 
-
-@dataclass(frozen=True, slots=True)
-class Database:
-    """A configured database with its engine and sessionmaker."""
-
-    name: str
-    settings: DatabaseSettings
-    engine: AsyncEngine
-    sessionmaker: SessionFactory
-    leases: Leases = field(default_factory=Leases, compare=False)
-    """The sessions open on this database right now."""
-
-    @property
-    def is_replica(self) -> bool:
-        """Whether this database replicates another one (and so only serves reads)."""
-        return self.settings.replica_of is not None
-
-
-logger = logging.getLogger("dbrouter")
+__all__ = ["Database", "DatabaseRegistry"]
 
 
 class DatabaseRegistry(Mapping[str, Database]):
-    """Named databases, built once; closed for good by `dispose`.
+    """Named databases, built once by *factory*; they refuse to lend once *lifecycle* is
+    closing.
 
-    Engines connect lazily, so building the registry does no I/O.
+    Engines connect lazily, so building the registry does no I/O. Without a *factory* the
+    registry makes its own, logging through the ``dbrouter`` logger.
     """
 
-    def __init__(self, databases: Mapping[str, DatabaseSettings]) -> None:
-        self._databases: dict[str, Database] = {}
+    def __init__(
+        self,
+        databases: Mapping[str, DatabaseSettings],
+        *,
+        factory: EngineFactory | None = None,
+        lifecycle: Lifecycle | None = None,
+    ) -> None:
+        self.lifecycle = lifecycle or Lifecycle()
+        if factory is None:
+            events = EventBus()
+            log_events(events)
+            factory = EngineFactory(events=events, lifecycle=self.lifecycle)
+        self.factory = factory
         replicated = {settings.replica_of for settings in databases.values()}
-        for name, settings in databases.items():
-            engine = build_engine(settings, name=name)
-            sessions = build_sessionmaker(engine, name, note_commits=name in replicated)
-            self._databases[name] = Database(name, settings, engine, sessions)
-        self._closed = False
+        self._databases: dict[str, Database] = {
+            name: factory.build(name, settings, note_commits=name in replicated)
+            for name, settings in databases.items()
+        }
 
     def __getitem__(self, name: str) -> Database:
-        if self._closed:
-            raise RouterClosedError()
+        self.lifecycle.check()
         try:
             return self._databases[name]
         except KeyError:
@@ -69,26 +61,19 @@ class DatabaseRegistry(Mapping[str, Database]):
 
     @property
     def closed(self) -> bool:
-        """Whether `dispose` was called."""
-        return self._closed
+        """Whether the registry refuses to lend (the router is closing or closed)."""
+        return not self.lifecycle.usable
 
     async def dispose(self, *, timeout: float = 10.0) -> None:
         """Refuse new sessions, let open ones finish (up to *timeout* seconds), then close
         every connection of every engine. Calling it again does nothing."""
-        if self._closed:
+        if not self.lifecycle.begin_closing():
             return
-        self._closed = True
-        await asyncio.gather(*(drain_and_dispose(db, timeout) for db in self._databases.values()))
+        await self.dispose_engines(timeout)
+        self.lifecycle.closed()
 
-
-async def drain_and_dispose(database: Database, timeout: float | None = None) -> None:
-    """Stop *database* taking sessions, wait for the open ones (at most *timeout* seconds;
-    None: as long as they take), then close every connection of its engine."""
-    database.leases.retire()
-    if not await database.leases.drained(timeout):
-        logger.warning(
-            "dbrouter: disposing database %r while %d session(s) still use it",
-            database.name,
-            database.leases.count,
+    async def dispose_engines(self, timeout: float) -> None:
+        """Drain and dispose every engine (the lifecycle is the caller's business)."""
+        await asyncio.gather(
+            *(self.factory.dispose(db, timeout) for db in self._databases.values())
         )
-    await database.engine.dispose()

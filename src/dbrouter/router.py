@@ -3,31 +3,36 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from .budget import ConnectionBudget
 from .context import tenant_context
-from .engines import SessionFactory
-from .errors import ConfigurationError, RouterClosedError
+from .databases import Database, SessionFactory
+from .engines import EngineFactory
+from .errors import ConfigurationError, RouterClosedError, UnknownDatabaseError
+from .events import EventBus
 from .health import HealthReport, check_databases
 from .lending import LentSession
-from .registry import Database, DatabaseRegistry
+from .lifecycle import Lifecycle, State
+from .logs import log_events
+from .registry import DatabaseRegistry
+from .replicas.rotation import ReplicaSet
 from .replicas.routing import Replication
 from .settings import RouterSettings, TenantSettings
 from .tenancy.directory import TenantCatalog
 from .tenancy.resolvers import TenantResolver
 from .tenancy.routing import Tenancy
-from .urls import render
+from .tenancy.strategy import StrategyContext
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
-logger = logging.getLogger("dbrouter")
+__all__ = ["DatabaseRouter"]
+
 
 # Routing is retried when the engine found was evicted before a session could lease it.
 _ROUTE_ATTEMPTS = 3
@@ -36,9 +41,13 @@ _ROUTE_ATTEMPTS = 3
 class DatabaseRouter:
     """Holds an engine and a sessionmaker per configured database and hands out sessions.
 
-    Building a router does no I/O; engines connect on first use. `dispose` closes every
-    connection, after which every method raises `RouterClosedError`; ``async with router:``
-    disposes it at the end of the block.
+    Building a router does no I/O; engines connect on first use. A router is *not opened*,
+    then *open* (``async with router``, ``FastAPI(lifespan=router.lifespan)``, or the
+    first read that needs the replica probes), then *closing* and *closed* (`dispose`),
+    after which every method raises `RouterClosedError` and no engine opens a connection.
+
+    *engine_factory* is the class that builds every engine (`EngineFactory` by default):
+    a subclass can bind engines elsewhere, as a test harness does.
     """
 
     def __init__(
@@ -47,38 +56,44 @@ class DatabaseRouter:
         *,
         tenant_resolver: TenantResolver | None = None,
         tenant_catalog: TenantCatalog | None = None,
+        engine_factory: type[EngineFactory] = EngineFactory,
     ) -> None:
         self._settings = settings
-        self._registry = DatabaseRegistry(settings.databases)
+        self._events = EventBus()
+        log_events(self._events)
+        self._lifecycle = Lifecycle()
         self._budget = (
             None
             if settings.max_connections is None
-            else ConnectionBudget(settings.max_connections)
+            else ConnectionBudget(settings.max_connections, events=self._events)
+        )
+        self._factory = engine_factory(
+            events=self._events, budget=self._budget, lifecycle=self._lifecycle
+        )
+        self._registry = DatabaseRegistry(
+            settings.databases, factory=self._factory, lifecycle=self._lifecycle
         )
         self._tenancy = (
             None
             if settings.tenancy is None
             else Tenancy(
-                settings.tenancy,
-                self._registry,
-                settings.default_database,
+                StrategyContext(
+                    settings.tenancy,
+                    self._registry,
+                    settings.default_database,
+                    self._factory,
+                ),
                 resolver=tenant_resolver,
                 catalog=tenant_catalog,
-                budget=self._budget,
             )
         )
         self._replication = (
-            Replication(self._registry, self._budget)
+            Replication(self._registry, self._factory, self._lifecycle)
             if any(database.is_replica for database in self._registry.values())
             else None
         )
-        if self._budget is not None:
-            for database in self._registry.values():
-                self._budget.instrument(
-                    database.engine, name=database.name, timeout=database.settings.pool_timeout
-                )
-            if self._tenancy is not None and self._tenancy.engines is not None:
-                self._budget.reclaim = self._tenancy.engines.reclaim_idle
+        if self._budget is not None and self._tenancy is not None:
+            self._budget.reclaim = self._tenancy.reclaim_idle
 
     @classmethod
     def from_env(cls, **overrides: Any) -> DatabaseRouter:
@@ -93,12 +108,27 @@ class DatabaseRouter:
                 "tenancy is not configured; set tenancy.strategy and where tenants come from "
                 "(DBROUTER_TENANCY__URL_TEMPLATE, DBROUTER_TENANCY__TENANTS__<ID>__URL, ...)"
             )
-        if self._registry.closed:
-            raise RouterClosedError()
+        self._lifecycle.check()
         return self._tenancy
 
     async def __aenter__(self) -> DatabaseRouter:
+        self.open()
         return self
+
+    def open(self) -> None:
+        """Start the background work (replica probes); needs a running event loop.
+        Calling it again does nothing; after `dispose`, `RouterClosedError`."""
+        self._lifecycle.open()
+
+    @property
+    def state(self) -> State:
+        """Where the router is in its life: not opened, open, closing or closed."""
+        return self._lifecycle.state
+
+    @property
+    def events(self) -> EventBus:
+        """What happens inside the router, for logging, metrics and tests to subscribe to."""
+        return self._events
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.dispose()
@@ -121,7 +151,7 @@ class DatabaseRouter:
     @property
     def closed(self) -> bool:
         """Whether `dispose` was called."""
-        return self._registry.closed
+        return not self._lifecycle.usable
 
     def database(self, name: str | None = None) -> Database:
         """The database *name* (default: ``settings.default_database``)."""
@@ -197,7 +227,7 @@ class DatabaseRouter:
         also whether each server is in rotation, why not, and its lag."""
         if self._replication is not None:
             # Without a running probe (a script, the CLI) rotation is measured now.
-            await self._replication.probe_idle()
+            await self._replication.measure()
         report = await check_databases(self._registry[name] for name in self._registry)
         if self._replication is not None:
             for name, group in self._replication.groups.items():
@@ -207,48 +237,65 @@ class DatabaseRouter:
         return report
 
     @property
-    def replication(self) -> Replication | None:
-        """The replica groups, when any database is a replica."""
-        return self._replication
+    def has_replicas(self) -> bool:
+        """Whether any database is a replica (reads are routed, tokens are issued)."""
+        return self._replication is not None
+
+    def replica_set(self, name: str) -> ReplicaSet:
+        """The servers of the replica *name*, with their rotation state (PostgreSQL
+        replicas; `UnknownDatabaseError` for a name that is no such replica)."""
+        database = self.database(name)
+        group = None if self._replication is None else self._replication.groups.get(name)
+        if group is None or group.replica_set is None:
+            replicas = [] if self._replication is None else self._replication.groups
+            raise UnknownDatabaseError(database.name, replicas)
+        return group.replica_set
+
+    async def list_tenants(self) -> list[str]:
+        """Every tenant that can be enumerated (declared, the catalog's, or found on the
+        server by the URL or schema template), sorted."""
+        return await self.tenancy.list_tenants()
+
+    def tenant_engines(self) -> dict[str, AsyncEngine]:
+        """The engines kept now for tenants with a database of their own, by tenant id."""
+        return {tenant: db.engine for tenant, db in self.tenancy.strategy.cached().items()}
+
+    @property
+    def draining_engines(self) -> int:
+        """Evicted tenant engines still waiting for their sessions to finish."""
+        return 0 if self._tenancy is None else self._tenancy.strategy.draining
 
     async def dispose(self, *, timeout: float = 10.0) -> None:
         """Close every connection of every engine; the router cannot be used afterwards.
 
-        Sessions already open may finish first, for up to *timeout* seconds.
+        Nothing new is lent from the moment this is called; sessions already open may
+        finish first, for up to *timeout* seconds. Calling it again does nothing.
         """
-        if self._registry.closed:
+        if not self._lifecycle.begin_closing():
             return
-        if self._replication is not None:
-            await self._replication.close(timeout)
-        if self._tenancy is not None:
-            await self._tenancy.close(timeout)
-        await self._registry.dispose(timeout=timeout)
+        try:
+            if self._replication is not None:
+                await self._replication.close(timeout)
+            if self._tenancy is not None:
+                await self._tenancy.close(timeout)
+            await self._registry.dispose_engines(timeout)
+        finally:
+            self._lifecycle.closed()
 
-    @asynccontextmanager
-    async def lifespan(self, app: Any) -> AsyncIterator[dict[str, Any]]:
+    def lifespan(self, app: Any) -> AbstractAsyncContextManager[dict[str, Any]]:
         """For ``FastAPI(lifespan=router.lifespan)``.
 
         On startup it checks that every database the app's routes name is configured
-        (an unknown name stops the startup) and makes the router reachable from requests.
-        On shutdown it disposes every engine.
+        (an unknown name stops the startup), makes the router reachable from requests and
+        opens it. On shutdown it disposes every engine.
         """
-        from .fastapi.dependencies import attach_router
+        from .fastapi.lifespan import lifespan
 
-        state = attach_router(self, app)
-        if self._replication is not None:
-            self._replication.start()
-        for name in sorted(self._registry):
-            logger.info(
-                "dbrouter: database %r at %s", name, render(self.database(name).settings.url)
-            )
-        try:
-            yield state
-        finally:
-            await self.dispose()
+        return lifespan(self, app)
 
     def health_router(self, *, path: str = "/health/databases") -> APIRouter:
         """An `APIRouter` serving the health report at *path* (200 healthy, 503 not)."""
-        from .fastapi.dependencies import build_health_router
+        from .fastapi.health import build_health_router
 
         return build_health_router(self, path=path)
 

@@ -14,7 +14,7 @@ from sqlalchemy.pool import QueuePool
 from .lsn import parse_lsn
 
 if TYPE_CHECKING:
-    from ..registry import Database
+    from ..databases import Database
 
 __all__ = ["ReplicaReading", "probe", "read_primary", "read_replica"]
 

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
+from ..databases import GuardedSession
 from ..errors import ReadOnlySessionError
 from ..settings import DatabaseSettings
 from ..urls import is_postgresql, is_sqlite
@@ -33,7 +34,7 @@ _READ_ONLY = "dbrouter_read_only"
 _READ_ONLY_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
-class ReplicaSession(Session):
+class ReplicaSession(GuardedSession):
     """A replica session: read-only wherever it lands, ORM flushes refused before any SQL.
 
     On a replica's own servers the connections are read-only already (see

@@ -22,13 +22,15 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from sqlalchemy import exc as sa_exc
 
+from ..events import EventBus, ReplicaJoinedRotation, ReplicaLeftRotation
+from ..logs import log_events
 from ..outages import budget_exhausted, outage_reason
 from .lsn import format_lsn, parse_lsn
 from .probes import ReplicaReading, probe, read_primary, read_replica
 
 if TYPE_CHECKING:
-    # Only for annotations: the registry's own imports may lead back here.
-    from ..registry import Database
+    # Only for annotations: the database module's own imports may lead back here.
+    from ..databases import Database
 
 __all__ = [
     "ReplicaMember",
@@ -124,6 +126,7 @@ class ReplicaSet:
         *,
         policy: ReplicaPolicy = "round_robin",
         clock: Callable[[], float] = time.monotonic,
+        events: EventBus | None = None,
     ) -> None:
         if policy not in _POLICIES:
             raise ValueError(f"unknown replica policy {policy!r}; choose one of {_POLICIES}")
@@ -140,6 +143,10 @@ class ReplicaSet:
         )
         if strangers:
             raise ValueError(f"{strangers} do not replicate {primary.name!r} (see replica_of)")
+        if events is None:
+            events = EventBus()
+            log_events(events)
+        self._events = events
         self._primary = primary
         self._members = tuple(members)
         self._policy: ReplicaPolicy = policy
@@ -156,6 +163,7 @@ class ReplicaSet:
         self._round_done = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._rounds = 0
 
     # ---- configuration and state -----------------------------------------------------
 
@@ -283,6 +291,16 @@ class ReplicaSet:
                 return member
         return None
 
+    async def measured(self) -> None:
+        """Make sure at least one probe round has finished: run one now when the
+        background probe is not running, wait for the first one when it is."""
+        if self._rounds:
+            return
+        if not self.running:
+            await self.probe()
+            return
+        await self._round_done.wait()
+
     def report_failure(self, member: ReplicaMember) -> None:
         """Take *member* out of rotation now: a request on it found it unreachable.
 
@@ -376,6 +394,7 @@ class ReplicaSet:
                 self._members, readings, failures, strict=True
             ):
                 self._apply(member, reading, now, primary_lsn, seen_failures)
+        self._rounds += 1
         round_done, self._round_done = self._round_done, asyncio.Event()
         round_done.set()
 
@@ -462,13 +481,13 @@ class ReplicaSet:
 
     def _put_out(self, member: ReplicaMember, reason: str) -> None:
         if member.in_rotation:
-            logger.warning("dbrouter: replica %r leaves rotation: %s", member.name, reason)
+            self._events.emit(ReplicaLeftRotation(member.name, reason))
         member.in_rotation = False
         member.reason = reason
 
     def _put_in(self, member: ReplicaMember) -> None:
         if not member.in_rotation:
-            logger.info("dbrouter: replica %r is back in rotation", member.name)
+            self._events.emit(ReplicaJoinedRotation(member.name))
         member.in_rotation = True
         member.reason = None
 

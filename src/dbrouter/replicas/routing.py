@@ -8,28 +8,37 @@ import functools
 import time
 from collections.abc import Awaitable
 
-from ..budget import ConnectionBudget
-from ..engines import build_engine
+from ..databases import Database
+from ..engines import EngineFactory
 from ..errors import DatabaseUnavailableError
+from ..events import ConsistencyRead, EventBus
 from ..lending import Route
-from ..registry import Database, DatabaseRegistry, drain_and_dispose
+from ..lifecycle import Lifecycle, State
+from ..registry import DatabaseRegistry
 from ..urls import is_postgresql
 from .consistency import current_consistency
 from .readonly import read_only_sessionmaker
 from .rotation import ReplicaMember, ReplicaSet, ReplicaStatus
+
+__all__ = ["ReplicaGroup", "Replication"]
 
 
 class ReplicaGroup:
     """The servers answering under one replica name, and the primary they replicate."""
 
     def __init__(
-        self, replica: Database, primary: Database, budget: ConnectionBudget | None = None
+        self,
+        replica: Database,
+        primary: Database,
+        factory: EngineFactory,
+        lifecycle: Lifecycle,
     ) -> None:
         self.name = replica.name
         self.settings = replica.settings
         self.primary = primary
-        self.members: tuple[Database, ...] = (replica, *self._extra_hosts(replica, budget))
-        self.closed = False
+        self._lifecycle = lifecycle
+        self._events: EventBus = factory.events
+        self.members: tuple[Database, ...] = (replica, *self._extra_hosts(replica, factory))
         self.replica_set: ReplicaSet | None = None
         # Routes are built once: choosing one costs no allocation per session.
         sessions = {
@@ -48,6 +57,7 @@ class ReplicaGroup:
                     for db, weight in zip(self.members, weights, strict=True)
                 ],
                 policy=self.settings.balance,
+                events=factory.events,
             )
             self.replica_set = replica_set
             self._member_routes = {
@@ -60,16 +70,20 @@ class ReplicaGroup:
             }
 
     @staticmethod
-    def _extra_hosts(replica: Database, budget: ConnectionBudget | None) -> list[Database]:
-        extra = []
-        for number, host in enumerate(replica.settings.hosts, start=2):
-            settings = replica.settings.model_copy(update={"url": host.url, "hosts": []})
-            name = f"{replica.name}#{number}"
-            engine = build_engine(settings, name=name)
-            if budget is not None:
-                budget.instrument(engine, name=name, timeout=settings.pool_timeout)
-            extra.append(Database(name, settings, engine, read_only_sessionmaker(engine)))
-        return extra
+    def _extra_hosts(replica: Database, factory: EngineFactory) -> list[Database]:
+        return [
+            factory.build(
+                f"{replica.name}#{number}",
+                replica.settings.model_copy(update={"url": host.url, "hosts": []}),
+                kind="replica",
+            )
+            for number, host in enumerate(replica.settings.hosts, start=2)
+        ]
+
+    @property
+    def closed(self) -> bool:
+        """Whether the router is closing or closed."""
+        return not self._lifecycle.usable
 
     def lend_route(self, may_wait: bool = True) -> Route | Awaitable[Route]:
         """Where the next session goes, honouring the request's consistency token: at
@@ -79,13 +93,13 @@ class ReplicaGroup:
         mark = None if record is None else record.required.get(self.primary.name)
         if isinstance(mark, float):
             if time.time() - mark < self.settings.consistency_window:
-                return self._primary_route
+                return self._served(self._primary_route, "primary")
             mark = None
         replica_set = self.replica_set
         if replica_set is None:
             return self._first_route
-        if not replica_set.running and not self.closed:
-            replica_set.start()  # used outside a lifespan: probe from the first read on
+        if self._lifecycle.state is State.NEW:
+            self._lifecycle.open()  # used outside a lifespan: probe from the first read on
         member = replica_set.choose(mark)
         if member is None and mark is not None and may_wait and self.settings.consistency_wait:
             return self._wait_route(replica_set, mark)
@@ -99,13 +113,26 @@ class ReplicaGroup:
         self, replica_set: ReplicaSet, member: ReplicaMember | None, mark: int | None
     ) -> Route:
         if member is not None:
-            return self._member_routes[id(member)]
+            route = self._member_routes[id(member)]
+            return route if mark is None else self._served(route, "replica")
         behind = mark is not None and any(m.in_rotation for m in replica_set.members)
         if behind or self.settings.fallback == "primary":
             # Replicas still behind the client's own write are no outage: the primary has
             # it. With none in rotation at all, `fallback` decides.
-            return self._primary_route
+            return (
+                self._primary_route
+                if mark is None
+                else self._served(self._primary_route, "primary")
+            )
         raise DatabaseUnavailableError(self.name, "no replica is in rotation")
+
+    def _served(self, route: Route, where: str) -> Route:
+        # Only reads that carry a token get here: the others cost nothing.
+        if self._events.wants(ConsistencyRead):
+            self._events.emit(
+                ConsistencyRead(self.name, "replica" if where == "replica" else "primary")
+            )
+        return route
 
     def status(self) -> tuple[ReplicaStatus, ...]:
         """The rotation, lag and replay position of every member (PostgreSQL only)."""
@@ -113,44 +140,49 @@ class ReplicaGroup:
 
 
 class Replication:
-    """Every replica group of a router."""
+    """Every replica group of a router; their probes start when the router opens."""
 
-    def __init__(self, registry: DatabaseRegistry, budget: ConnectionBudget | None = None) -> None:
+    def __init__(
+        self, registry: DatabaseRegistry, factory: EngineFactory, lifecycle: Lifecycle
+    ) -> None:
         self.groups: dict[str, ReplicaGroup] = {}
+        self._factory = factory
         for name in registry:
             database = registry[name]
             primary_name = database.settings.replica_of
             if primary_name is not None:
-                self.groups[name] = ReplicaGroup(database, registry[primary_name], budget)
+                self.groups[name] = ReplicaGroup(
+                    database, registry[primary_name], factory, lifecycle
+                )
         self.primaries = frozenset(group.primary.name for group in self.groups.values())
+        lifecycle.on_open(self._start)
 
-    def start(self) -> None:
-        """Start the background probes."""
+    def _start(self) -> None:
         for group in self.groups.values():
             if group.replica_set is not None and not group.replica_set.running:
                 group.replica_set.start()
 
-    async def probe_idle(self) -> None:
-        """Run one probe round for every replica set whose background probe is not running."""
+    async def measure(self) -> None:
+        """Make sure every replica set has been probed: a round now where no background
+        probe runs, the first round awaited where one has just started."""
         await asyncio.gather(
             *(
-                group.replica_set.probe()
+                group.replica_set.measured()
+                if group.replica_set.running
+                else group.replica_set.probe()
                 for group in self.groups.values()
-                if group.replica_set is not None
-                and not group.replica_set.running
-                and not group.closed
+                if group.replica_set is not None and not group.closed
             )
         )
 
     async def close(self, timeout: float) -> None:
         """Stop the probes and dispose the engines of the extra hosts."""
         for group in self.groups.values():
-            group.closed = True
             if group.replica_set is not None:
                 await group.replica_set.stop()
         await asyncio.gather(
             *(
-                drain_and_dispose(database, timeout)
+                self._factory.dispose(database, timeout)
                 for group in self.groups.values()
                 for database in group.members[1:]
             )

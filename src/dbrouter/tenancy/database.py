@@ -13,21 +13,27 @@ from collections.abc import Callable
 
 from cachetools import TTLCache
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import QueuePool
+from sqlalchemy import text
+from sqlalchemy.pool import NullPool, QueuePool
 
-from ..budget import ConnectionBudget
-from ..engines import build_engine, build_sessionmaker
+from ..databases import Database
+from ..engines import EngineFactory
 from ..errors import RouterClosedError, UnknownTenantError
+from ..events import TenantEngineEvicted
 from ..outages import as_unavailable
-from ..registry import Database, drain_and_dispose
 from ..settings import DatabaseSettings, TenancySettings, TenantSettings
 from ..singleflight import SingleFlight
 from ..urls import parse_url
+from .strategy import StrategyContext, TenantRoute
+
+__all__ = ["DatabaseTenancy", "TenantEngineCache"]
 
 logger = logging.getLogger("dbrouter")
 
 # PostgreSQL's "database does not exist": a tenant the URL template points nowhere.
 _NO_SUCH_DATABASE = "3D000"
+_PLACEHOLDER = "dbroutertenantlisting"
+_DATABASES = text("SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn")
 _MISSING = re.compile(r'FATAL:\s+database ".*" does not exist')
 
 
@@ -56,12 +62,13 @@ class TenantEngineCache(TTLCache[str, Database]):
         return expired
 
 
-class TenantEngines:
-    """The engines of the ``database`` strategy."""
+class DatabaseTenancy:
+    """The ``database`` strategy: each tenant has a database, and an engine of its own."""
 
-    def __init__(self, tenancy: TenancySettings, budget: ConnectionBudget | None = None) -> None:
+    def __init__(self, tenancy: TenancySettings, factory: EngineFactory) -> None:
         self._tenancy = tenancy
-        self._budget = budget
+        self._factory = factory
+        self._budget = factory.budget
         self._last_used: dict[str, float] = {}
         # The settings each cached engine was built from: other settings need a new one.
         self._built_from: dict[str, TenantSettings] = {}
@@ -71,12 +78,59 @@ class TenantEngines:
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
 
+    @classmethod
+    def build(cls, context: StrategyContext) -> DatabaseTenancy:
+        """The strategy for *context*'s settings."""
+        return cls(context.settings, context.factory)
+
+    async def route(self, tenant: str, settings: TenantSettings) -> TenantRoute:
+        """The tenant's own database and its sessionmaker."""
+        database = await self.database(tenant, settings)
+        return database, database.sessionmaker
+
+    async def find(self, tenant: str) -> TenantSettings | None:
+        """Template settings when the database the URL template names exists (its engine
+        is built and cached on the way)."""
+        if self._tenancy.url_template is None:
+            return None
+        found = TenantSettings()
+        try:
+            await self.database(tenant, found)
+        except UnknownTenantError:
+            return None
+        return found
+
+    def forget(self, tenant: str) -> bool:
+        """Evict *tenant*'s engine (see `evict`)."""
+        return self.evict(tenant)
+
+    async def list_tenants(self) -> list[str]:
+        """The ids whose database, named by the URL template, exists on its server."""
+        template = self._tenancy.url_template
+        if template is None:
+            return []
+        url = parse_url(template.replace("{tenant}", _PLACEHOLDER))
+        prefix, _, suffix = (url.database or "").partition(_PLACEHOLDER)
+        maintenance = self._factory.build(
+            f"maintenance:{url.host or 'local'}",
+            DatabaseSettings(url=url.set(database="postgres")),
+            kind="maintenance",
+            poolclass=NullPool,
+        )
+        try:
+            async with maintenance.engine.connect() as connection:
+                names = (await connection.scalars(_DATABASES)).all()
+        finally:
+            await self._factory.dispose(maintenance)
+        found = (_between(name, prefix, suffix) for name in names)
+        return sorted(tenant for tenant in found if tenant)
+
     def cached(self) -> dict[str, Database]:
         """The tenant databases cached now, by tenant id."""
         return {tenant: self._cache[tenant] for tenant in list(self._cache)}
 
     @property
-    def retiring(self) -> int:
+    def draining(self) -> int:
         """Evicted tenant databases still waiting for their sessions to finish."""
         return len(self._retiring)
 
@@ -151,7 +205,7 @@ class TenantEngines:
             await self._verify(tenant, database)
         if self._closed:
             # The router closed while this engine was built.
-            await database.engine.dispose()
+            await self._factory.dispose(database)
             raise RouterClosedError()
         self._cache[tenant] = database
         self._built_from[tenant] = settings
@@ -178,11 +232,7 @@ class TenantEngines:
             pool_timeout=tenancy.pool_timeout,
             connect_timeout=tenancy.connect_timeout,
         )
-        name = f"tenant:{tenant}"
-        engine = build_engine(database_settings, name=name)
-        if self._budget is not None:
-            self._budget.instrument(engine, name=name, timeout=tenancy.pool_timeout)
-        return Database(name, database_settings, engine, build_sessionmaker(engine, name))
+        return self._factory.build(f"tenant:{tenant}", database_settings, kind="tenant")
 
     async def _verify(self, tenant: str, database: Database) -> None:
         # A template tenant exists only if its database does; find out before a request
@@ -191,7 +241,7 @@ class TenantEngines:
             async with database.engine.connect():
                 pass
         except BaseException as exc:
-            await database.engine.dispose()
+            await self._factory.dispose(database)
             if not isinstance(exc, Exception):
                 raise  # cancelled: nothing of the engine is left behind
             if _sqlstate(exc) == _NO_SUCH_DATABASE:
@@ -206,10 +256,10 @@ class TenantEngines:
         self._last_used.pop(tenant, None)
         self._built_from.pop(tenant, None)
         database.leases.retire()
-        task = asyncio.get_running_loop().create_task(drain_and_dispose(database))
+        task = asyncio.get_running_loop().create_task(self._factory.dispose(database))
         self._retiring[task] = database
         task.add_done_callback(self._forget)
-        logger.debug("dbrouter: evicting %s", database.name)
+        self._factory.events.emit(TenantEngineEvicted(tenant, database.name))
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._retiring.pop(task, None)
@@ -223,6 +273,14 @@ class TenantEngines:
         while True:
             await asyncio.sleep(interval)
             self._cache.expire()
+
+
+def _between(name: str, prefix: str, suffix: str) -> str | None:
+    if len(name) <= len(prefix) + len(suffix):
+        return None
+    if not (name.startswith(prefix) and name.endswith(suffix)):
+        return None
+    return name[len(prefix) : len(name) - len(suffix)]
 
 
 def _sqlstate(exc: BaseException) -> str | None:

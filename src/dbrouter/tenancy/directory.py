@@ -8,17 +8,39 @@ so a flood of them does not reach the catalog.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol, runtime_checkable
 
 from cachetools import TTLCache
 
-from ..errors import TenantResolutionError, UnknownTenantError
+from ..errors import ConfigurationError, TenantResolutionError, UnknownTenantError
+from ..events import EventBus, TenantLookedUp
 from ..settings import TenancySettings, TenantSettings
 from ..singleflight import SingleFlight
 
+__all__ = ["ListingTenantCatalog", "TenantCatalog", "TenantDirectory", "is_reserved"]
+
 TenantCatalog = Callable[[str], Awaitable[TenantSettings | None]]
 """An async function that looks a tenant id up (in a ``tenants`` table, a service...) and
-returns its settings, or None when there is no such tenant."""
+returns its settings, or None when there is no such tenant.
+
+A catalog that can also enumerate its tenants (for ``dbrouter tenants list`` and fleet
+migrations) is an object with an async ``list_tenants()`` method besides ``__call__``: see
+`ListingTenantCatalog`."""
+
+
+@runtime_checkable
+class ListingTenantCatalog(Protocol):
+    """A tenant catalog that lists its tenants as well as looking them up."""
+
+    async def __call__(self, tenant: str) -> TenantSettings | None:
+        """The settings of *tenant*, or None when there is no such tenant."""
+        ...
+
+    async def list_tenants(self) -> Iterable[str]:
+        """Every tenant id the catalog knows."""
+        ...
+
 
 _RESERVED = frozenset({"public", "information_schema", "postgres", "template0", "template1"})
 _SHOWN_LENGTH = 40
@@ -46,7 +68,9 @@ class TenantDirectory:
         *,
         catalog: TenantCatalog | None = None,
         catalog_size: int = 10_000,
+        events: EventBus | None = None,
     ) -> None:
+        self._events = events
         self._pattern = re.compile(tenancy.id_pattern)
         self._max_length = tenancy.max_id_length()
         self._static: dict[str, TenantSettings] = dict(tenancy.tenants)
@@ -56,10 +80,33 @@ class TenantDirectory:
         )
         self._pending: SingleFlight[str, TenantSettings | None] = SingleFlight()
 
+    def is_valid(self, raw: object) -> bool:
+        """Whether *raw* passes `validate`."""
+        try:
+            self.validate(raw)
+        except TenantResolutionError:
+            return False
+        return True
+
+    async def list_tenants(self, fallback: Callable[[], Awaitable[Iterable[str]]]) -> set[str]:
+        """The declared tenants, and the catalog's (when there is one) or *fallback*'s."""
+        found = set(self._static)
+        catalog = self._catalog
+        if catalog is None:
+            found.update(await fallback())
+        elif isinstance(catalog, ListingTenantCatalog):
+            found.update(await catalog.list_tenants())
+        else:
+            raise ConfigurationError(
+                "the tenant catalog cannot list its tenants; give it an async "
+                "list_tenants() method (see dbrouter.tenancy.ListingTenantCatalog)"
+            )
+        return found
+
     def validate(self, raw: object) -> str:
         """*raw* as a tenant id, or `TenantResolutionError` saying why it is not one."""
         if raw is None:
-            raise TenantResolutionError("no tenant id in the request")
+            raise TenantResolutionError("no tenant id in the request", missing=True)
         if (
             not isinstance(raw, str)
             or not self._pattern.fullmatch(raw)
@@ -124,6 +171,9 @@ class TenantDirectory:
         async def look_up() -> TenantSettings | None:
             answer = await ask(tenant)
             self._answers[tenant] = answer
+            events = self._events
+            if events is not None and events.wants(TenantLookedUp):
+                events.emit(TenantLookedUp(tenant, answer is not None))
             return answer
 
         return await self._pending.run(tenant, look_up)

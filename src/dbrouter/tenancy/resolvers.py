@@ -8,6 +8,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..errors import TenantResolutionError
+
+__all__ = [
+    "CallableTenantResolver",
+    "ChainTenantResolver",
+    "HeaderTenantResolver",
+    "PathTenantResolver",
+    "SubdomainTenantResolver",
+    "TenantRequest",
+    "TenantResolver",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class TenantRequest:
@@ -21,6 +33,15 @@ class TenantRequest:
     """Parameters matched in the URL path."""
     state: Mapping[str, Any] = field(default_factory=dict)
     """Request state set by earlier middleware (an authenticated user, for example)."""
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of the header *name*, in the order sent (a repeated header has
+        several); ``headers`` may be any mapping, or a multi-mapping with ``getlist``."""
+        getlist = getattr(self.headers, "getlist", None)
+        if getlist is not None:
+            return list(getlist(name))
+        value = self.headers.get(name)
+        return [] if value is None else [value]
 
 
 class TenantResolver(Protocol):
@@ -41,8 +62,15 @@ class HeaderTenantResolver:
         self.header = header.lower()
 
     async def resolve(self, request: TenantRequest) -> str | None:
-        """The header's value, or None when the header is absent."""
-        return request.headers.get(self.header)
+        """The header's value, or None when the header is absent.
+
+        A header sent more than once is `TenantResolutionError`, whatever its values:
+        which of them counts would otherwise depend on the proxy in front.
+        """
+        values = request.header_values(self.header)
+        if len(values) > 1:
+            raise TenantResolutionError(f"the tenant header {self.header!r} is repeated")
+        return values[0] if values else None
 
 
 class SubdomainTenantResolver:
@@ -90,15 +118,24 @@ class CallableTenantResolver:
 
 
 class ChainTenantResolver:
-    """Asks each resolver in turn; the first that finds a tenant id wins."""
+    """Asks every resolver; those that find a tenant id must agree on it.
+
+    A request that names its tenant in two places (a subdomain and a header, say) is
+    served only when both name the same tenant: different answers are
+    `TenantResolutionError` (HTTP 400), never a silent pick of the first.
+    """
 
     def __init__(self, *resolvers: TenantResolver) -> None:
         self.resolvers = resolvers
 
     async def resolve(self, request: TenantRequest) -> str | None:
-        """The first non-None answer, or None."""
+        """The one id the resolvers that found one agree on, or None when none did."""
+        found: str | None = None
         for resolver in self.resolvers:
             tenant = await resolver.resolve(request)
-            if tenant is not None:
-                return tenant
-        return None
+            if tenant is None:
+                continue
+            if found is not None and tenant != found:
+                raise TenantResolutionError("the request names more than one tenant")
+            found = tenant
+        return found

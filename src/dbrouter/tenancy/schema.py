@@ -16,6 +16,7 @@ when it goes back to the pool. AUTOCOMMIT is refused: it has no transaction to p
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -26,19 +27,24 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from sqlalchemy.util import await_only
 
-from ..errors import TenantError
-from ..registry import Database
+from ..databases import Database, GuardedSession
+from ..errors import ConfigurationError, TenantError
 from ..settings import TenantSettings
+from ..urls import is_postgresql
+from .strategy import StrategyContext, TenantRoute
+
+__all__ = ["SchemaTenancy", "TenantSchemaSession"]
 
 logger = logging.getLogger("dbrouter")
 
 _SEARCH_PATH = "dbrouter_search_path"
 _SERVED_TENANT = "dbrouter_served_tenant"
 _PIN = text("SELECT set_config('search_path', :path, true)")
+_SCHEMAS = text("SELECT nspname FROM pg_namespace")
 _EXISTS = text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :name)")
 
 
-class TenantSchemaSession(Session):
+class TenantSchemaSession(GuardedSession):
     """A session that pins every transaction to the schema in ``info``."""
 
 
@@ -81,7 +87,21 @@ def _discard_temporary_objects(
 
 
 class SchemaTenancy:
-    """Sessions of the shared *database*, each pinned to the schema named by *template*."""
+    """The ``schema`` strategy: sessions of the shared *database*, each pinned to the
+    schema named by *template*."""
+
+    @classmethod
+    def build(cls, context: StrategyContext) -> SchemaTenancy:
+        """The strategy for *context*'s settings: its database must be PostgreSQL."""
+        settings = context.settings
+        holder = context.registry[settings.schema_database or context.default_database]
+        if not is_postgresql(holder.settings.url):
+            raise ConfigurationError(
+                f"tenancy.strategy: 'schema' needs a PostgreSQL database, and "
+                f"{holder.name!r} is {holder.settings.url.get_backend_name()}; "
+                "use the 'database' strategy"
+            )
+        return cls(holder, settings.schema_template)
 
     def __init__(self, database: Database, template: str) -> None:
         self.database = database
@@ -107,6 +127,44 @@ class SchemaTenancy:
         path = f'"{self.schema(tenant)}"'
         info: dict[str, Any] = {_SEARCH_PATH: path}
         return self._factory(info=info)
+
+    async def route(self, tenant: str, settings: TenantSettings) -> TenantRoute:
+        """The shared database, and sessions pinned to *tenant*'s schema."""
+        return self.database, functools.partial(self.session, tenant)
+
+    async def list_tenants(self) -> list[str]:
+        """The ids whose schema, named by the schema template, exists."""
+        prefix, _, suffix = self._template.partition("{tenant}")
+        async with self.database.engine.connect() as connection:
+            names = (await connection.scalars(_SCHEMAS)).all()
+        found = (
+            name[len(prefix) : len(name) - len(suffix)]
+            for name in names
+            if len(name) > len(prefix) + len(suffix)
+            and name.startswith(prefix)
+            and name.endswith(suffix)
+        )
+        return sorted(found)
+
+    def forget(self, tenant: str) -> bool:
+        """Nothing is cached per tenant: the engine is shared."""
+        return False
+
+    def cached(self) -> dict[str, Database]:
+        """No tenant has an engine of its own."""
+        return {}
+
+    @property
+    def draining(self) -> int:
+        """No tenant engine is ever evicted."""
+        return 0
+
+    def reclaim_idle(self) -> bool:
+        """The shared engine is a named database's: it keeps its connections."""
+        return False
+
+    async def close(self, timeout: float) -> None:
+        """The shared engine is disposed with the named databases."""
 
     async def find(self, tenant: str) -> TenantSettings | None:
         """Tenant settings when *tenant*'s schema exists, else None."""

@@ -1,0 +1,90 @@
+"""The tenancy strategy protocol: how a validated, known tenant reaches its data.
+
+A strategy is chosen from ``tenancy.strategy`` through `STRATEGIES`; nothing outside a
+strategy module asks which strategy is in use. A third strategy (row-level security, say)
+is one more module implementing `TenancyStrategy` and one more entry in `STRATEGIES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..databases import Database
+from ..engines import EngineFactory
+from ..registry import DatabaseRegistry
+from ..settings import TenancySettings, TenantSettings
+
+__all__ = ["SessionMaker", "StrategyContext", "TenancyStrategy", "TenantRoute"]
+
+SessionMaker = Callable[[], AsyncSession]
+TenantRoute = tuple[Database, SessionMaker]
+"""Where a tenant's session goes: the database that lends it, and how to open it."""
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyContext:
+    """What a strategy is built from."""
+
+    settings: TenancySettings
+    registry: DatabaseRegistry
+    """The named databases (the schema strategy's shared database is one of them)."""
+    default_database: str
+    factory: EngineFactory
+    """Builds and disposes every engine a strategy needs."""
+
+
+class TenancyStrategy(Protocol):
+    """Stores each tenant's data somewhere and routes sessions there."""
+
+    async def route(self, tenant: str, settings: TenantSettings) -> TenantRoute:
+        """Where a session on the known *tenant* (with its *settings*) goes.
+        `UnknownTenantError` when its storage turns out not to exist."""
+        ...
+
+    async def find(self, tenant: str) -> TenantSettings | None:
+        """The settings of *tenant*, not declared anywhere, when its storage exists
+        (found by the strategy's own rule: a database or a schema named after it)."""
+        ...
+
+    async def list_tenants(self) -> list[str]:
+        """The ids of the tenants whose storage exists on the server, sorted."""
+        ...
+
+    def forget(self, tenant: str) -> bool:
+        """Drop what is cached for *tenant* (its engine is drained, then disposed);
+        whether anything was."""
+        ...
+
+    def cached(self) -> dict[str, Database]:
+        """The engines of a tenant's own kept now, by tenant id (empty where tenants share
+        an engine)."""
+        ...
+
+    @property
+    def draining(self) -> int:
+        """Evicted engines still waiting for their sessions to finish."""
+        ...
+
+    def reclaim_idle(self) -> bool:
+        """Close idle connections somewhere to free a slot of ``max_connections``;
+        whether any were."""
+        ...
+
+    async def close(self, timeout: float) -> None:
+        """Dispose what the strategy built, letting open sessions finish first."""
+        ...
+
+
+StrategyBuilder = Callable[[StrategyContext], TenancyStrategy]
+
+
+def strategies() -> Mapping[str, StrategyBuilder]:
+    """Each ``tenancy.strategy`` value and how its strategy is built."""
+    from .database import DatabaseTenancy
+    from .schema import SchemaTenancy
+
+    return {"database": DatabaseTenancy.build, "schema": SchemaTenancy.build}
