@@ -2,14 +2,19 @@
 or the health output."""
 
 import logging
+import subprocess
+import sys
 import traceback
+import typing
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import quote
 
 import asyncpg
 import pytest
 from fastapi import Depends, FastAPI
+from pydantic import BaseModel, ConfigDict, PydanticUserError, TypeAdapter, ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +27,7 @@ from dbrouter import (
     RouterSettings,
     get_db,
 )
+from dbrouter.settings import SECRET
 from tests.conftest import serve
 
 PASSWORD = "s3cr@t:/p%ss@w0rd:/"
@@ -155,3 +161,118 @@ async def test_requests_logs_and_health_never_show_the_password(
         caplog.text,
         capsys.readouterr(),
     )
+
+
+# -- every field, every channel ------------------------------------------------------------
+
+# Text fields that hold no credential, checked one by one. A new text field fails
+# `test_every_field_that_takes_a_url_is_a_secret` until it is a SecretURL or listed here.
+NOT_SECRET = {
+    ("RouterSettings", "default_database"),
+    ("DatabaseSettings", "replica_of"),
+    ("TenancySettings", "header"),
+    ("TenancySettings", "id_pattern"),
+    ("TenancySettings", "schema_database"),
+    ("TenancySettings", "schema_template"),
+}
+SECRET_URL = f"postgresql://app:{QUOTED}@db:5432/app"
+
+
+def settings_models() -> list[type[BaseModel]]:
+    """RouterSettings and every model nested in it, however deep."""
+    found: list[type[BaseModel]] = []
+    pending: list[Any] = [RouterSettings]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            if current not in found:
+                found.append(current)
+                pending.extend(field.annotation for field in current.model_fields.values())
+        else:
+            pending.extend(typing.get_args(current))
+    return found
+
+
+def takes_text(annotation: Any) -> bool:
+    try:
+        adapter: TypeAdapter[Any] = TypeAdapter(
+            annotation, config=ConfigDict(arbitrary_types_allowed=True)
+        )
+    except PydanticUserError:  # a model: its own config applies
+        adapter = TypeAdapter(annotation)
+    try:
+        adapter.validate_python(SECRET_URL)
+    except (ValidationError, ConfigurationError, ValueError):
+        return False
+    return True
+
+
+def test_the_walk_reaches_every_settings_model() -> None:
+    names = {model.__name__ for model in settings_models()}
+    assert names >= {
+        "RouterSettings",
+        "DatabaseSettings",
+        "ReplicaHostSettings",
+        "TenancySettings",
+        "TenantSettings",
+    }
+
+
+@pytest.mark.parametrize("model", settings_models(), ids=lambda model: model.__name__)
+def test_every_field_that_takes_a_url_is_a_secret(model: type[BaseModel]) -> None:
+    for name, field in model.model_fields.items():
+        if (model.__name__, name) in NOT_SECRET:
+            continue
+        secret = SECRET in field.metadata or any(
+            SECRET in getattr(arg, "__metadata__", ()) for arg in typing.get_args(field.annotation)
+        )
+        if takes_text(field.annotation):
+            assert secret, f"{model.__name__}.{name} takes a URL but is no SecretURL"
+
+
+def test_every_secret_field_hides_its_password_everywhere() -> None:
+    settings = RouterSettings(
+        databases={
+            "primary": {"url": SECRET_URL},
+            "replica": {
+                "url": SECRET_URL,
+                "replica_of": "primary",
+                "hosts": [{"url": SECRET_URL.replace("@db", "@db2")}],
+            },
+        },
+        tenancy={
+            "url_template": f"postgresql://app:{QUOTED}@db:5432/tenant_{{tenant}}",
+            "tenants": {"acme": {"url": f"postgresql://app:{QUOTED}@db:5432/acme"}},
+        },
+    )
+    tenancy = settings.tenancy
+    assert tenancy is not None
+    assert tenancy.url_template is not None
+    assert tenancy.url_template.password == PASSWORD  # kept, only never shown
+    assert_hidden(
+        repr(settings),
+        str(settings),
+        settings.model_dump(),
+        settings.model_dump(mode="json"),
+        settings.model_dump_json(),
+        repr(tenancy),
+        tenancy.model_dump_json(),
+        repr(settings.databases["replica"].hosts),
+    )
+
+
+def test_the_cli_never_shows_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DBROUTER_DATABASES__PRIMARY__URL", "sqlite://")
+    monkeypatch.setenv(
+        "DBROUTER_TENANCY__URL_TEMPLATE", f"postgresql://app:{QUOTED}@db:5432/tenant_{{tenant}}"
+    )
+    monkeypatch.setenv("DBROUTER_TENANCY__TENANTS__ACME__URL", SECRET_URL)
+    result = subprocess.run(
+        [sys.executable, "-m", "dbrouter", "tenants", "list"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "acme" in result.stdout
+    assert_hidden(result.stdout, result.stderr)

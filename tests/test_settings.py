@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from dbrouter import ConfigurationError, DatabaseSettings, RouterSettings
+from dbrouter.settings import REPLICA_KEYS, STRATEGY_KEYS
 
 SQLITE = "sqlite:///./app.db"
 
@@ -54,7 +56,6 @@ def test_urls_get_the_async_driver(given: str, expected: str) -> None:
         ("postgresql+psycopg2://app:pw@db/app", "postgresql+asyncpg://"),
         ("postgresql+pg8000://app:pw@db/app", "postgresql+asyncpg://"),
         ("sqlite+pysqlite:///x.db", "sqlite+aiosqlite://"),
-        ("mysql+pymysql://app:pw@db/app", "mysql+asyncmy://"),
     ],
 )
 def test_a_sync_driver_is_rejected_with_the_driver_to_use(url: str, advice: str) -> None:
@@ -183,7 +184,7 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__REPLICA_OF", "primary")
     monkeypatch.setenv("DBROUTER_DEFAULT_DATABASE", "primary")
     monkeypatch.setenv("DBROUTER_MAX_CONNECTIONS", "50")
-    monkeypatch.setenv("DBROUTER_TENANCY__STRATEGY", "schema")
+    monkeypatch.setenv("DBROUTER_TENANCY__STRATEGY", "database")
     monkeypatch.setenv("DBROUTER_TENANCY__HEADER", "X-Org")
     monkeypatch.setenv("DBROUTER_TENANCY__TENANTS__ACME__URL", "postgresql://app:pw@acme/acme")
     settings = RouterSettings()
@@ -192,7 +193,7 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.databases["replica"].replica_of == "primary"
     assert settings.max_connections == 50
     assert settings.tenancy is not None
-    assert settings.tenancy.strategy == "schema"
+    assert settings.tenancy.strategy == "database"
     assert settings.tenancy.header == "X-Org"
     acme = settings.tenancy.tenants["acme"].url
     assert acme is not None
@@ -243,3 +244,160 @@ def test_dotenv_entries_of_other_settings_are_left_alone(
     )
     with pytest.raises(ConfigurationError, match="dbrouter_default_databse: unknown key"):
         RouterSettings()
+
+
+# -- keys that cannot apply, and values out of range -------------------------------------
+
+# Async drivers of the backends dbrouter serves, and of every extra it ships.
+INSTALLABLE_DRIVERS = ("postgresql+asyncpg://", "postgresql+psycopg://", "sqlite+aiosqlite://")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql+pymysql://app:pw@db/app",
+        "mysql+aiomysql://app:pw@db/app",
+        "mariadb://app:pw@db/app",
+        "oracle://app:pw@db/app",
+        "mssql+pyodbc://app:pw@db/app",
+    ],
+)
+def test_an_unsupported_backend_names_what_is_served(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="unsupported database backend") as caught:
+        RouterSettings(databases={"primary": {"url": url}})
+    assert "databases.primary.url" in str(caught.value)
+    assert "postgresql://" in str(caught.value)
+    assert "sqlite://" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg2://app:pw@db/app",
+        "postgresql+pg8000://app:pw@db/app",
+        "sqlite+pysqlite:///x.db",
+        "postgresql+nosuchdriver://app:pw@db/app",
+        "mysql+pymysql://app:pw@db/app",
+    ],
+)
+def test_driver_suggestions_name_only_installable_drivers(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        RouterSettings(databases={"primary": {"url": url}})
+    suggested = re.findall(r"[a-z]+\+[a-z_]+://", str(caught.value))
+    assert suggested, str(caught.value)
+    wrong = [driver for driver in suggested if driver not in INSTALLABLE_DRIVERS]
+    assert wrong in ([], [url.split("//")[0] + "//"]), str(caught.value)
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999"])
+def test_a_port_out_of_range_is_refused(port: str) -> None:
+    with pytest.raises(ConfigurationError, match="out of range") as caught:
+        RouterSettings(databases={"primary": {"url": f"postgresql://app:pw@db:{port}/app"}})
+    assert "databases.primary.url" in str(caught.value)
+    assert "65535" in str(caught.value)
+
+
+@pytest.mark.parametrize("key", sorted(REPLICA_KEYS))
+def test_replica_keys_on_a_database_that_is_no_replica_are_refused(key: str) -> None:
+    values: dict[str, object] = {
+        "health_check_interval": 2,
+        "max_lag": 5,
+        "fallback": "error",
+        "hosts": [{"url": "postgresql://app:pw@db2/app"}],
+        "weight": 2,
+        "balance": "least_busy",
+        "consistency_wait": 1,
+        "consistency_window": 1,
+    }
+    with pytest.raises(ConfigurationError, match="only a replica") as caught:
+        RouterSettings(
+            databases={"primary": {"url": "postgresql://app:pw@db/app", key: values[key]}}
+        )
+    assert f"databases.primary.{key}" in str(caught.value)
+    assert "replica_of" in str(caught.value)
+    # The same key on a replica is fine.
+    RouterSettings(
+        databases={
+            "primary": {"url": "postgresql://app:pw@db/app"},
+            "replica": {
+                "url": "postgresql://app:pw@db2/app",
+                "replica_of": "primary",
+                key: values[key],
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("strategy", "key", "value"),
+    [
+        (strategy, key, value)
+        for strategy, others in (("schema", "database"), ("database", "schema"))
+        for key, value in {
+            "url_template": "postgresql://app:pw@db/tenant_{tenant}",
+            "max_engines": 5,
+            "engine_idle_ttl": 5,
+            "pool_size": 4,
+            "max_overflow": 1,
+            "pool_timeout": 3,
+            "connect_timeout": 3,
+            "schema_database": "primary",
+            "schema_template": "t_{tenant}",
+        }.items()
+        if key in STRATEGY_KEYS[others]
+    ],
+)
+def test_keys_of_one_strategy_are_refused_under_the_other(
+    strategy: str, key: str, value: object
+) -> None:
+    with pytest.raises(ConfigurationError, match="not a key of the") as caught:
+        RouterSettings(
+            databases={"primary": {"url": "postgresql://app:pw@db/app"}},
+            tenancy={"strategy": strategy, key: value},
+        )
+    assert f"tenancy.{key}" in str(caught.value)
+    assert repr(strategy) in str(caught.value)
+
+
+def test_a_schema_tenant_with_a_url_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="no database or pool of its own") as caught:
+        RouterSettings(
+            databases={"primary": {"url": "postgresql://app:pw@db/app"}},
+            tenancy={
+                "strategy": "schema",
+                "tenants": {"acme": {"url": "postgresql://app:pw@db/acme"}},
+            },
+        )
+    assert "tenancy.tenants.acme" in str(caught.value)
+    assert "pw" not in str(caught.value)
+
+
+def test_pgbouncer_on_sqlite_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"databases\.primary\.pgbouncer"):
+        RouterSettings(databases={"primary": {"url": "sqlite://", "pgbouncer": True}})
+
+
+@pytest.mark.parametrize("raw", ["[{", '{"url": 1}', "not json", '[{"url": "x", "weight": "a"}]'])
+def test_malformed_json_in_an_environment_variable_names_the_key(
+    raw: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DBROUTER_DATABASES__PRIMARY__URL", "postgresql://app:pw@db/app")
+    monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__URL", "postgresql://app:pw@db2/app")
+    monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__REPLICA_OF", "primary")
+    monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__HOSTS", raw)
+    with pytest.raises(ConfigurationError) as caught:
+        RouterSettings()
+    assert "replica" in str(caught.value).lower()
+    assert "hosts" in str(caught.value).lower()
+
+
+def test_no_internal_placeholder_shows_in_a_message() -> None:
+    for tenancy in (
+        {"url_template": "sqlite:///tenant_{tenant}.db"},
+        {"url_template": "postgresql+psycopg2://app:pw@db/tenant_{tenant}"},
+        {"url_template": "postgresql://app:pw@db:99999/tenant_{tenant}"},
+    ):
+        with pytest.raises(ConfigurationError) as caught:
+            RouterSettings(databases={"primary": {"url": "sqlite://"}}, tenancy=tenancy)
+        assert "probe" not in str(caught.value).lower(), str(caught.value)
+        assert "dbrouter" not in str(caught.value).replace("invalid dbrouter configuration", "")

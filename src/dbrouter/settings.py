@@ -7,6 +7,8 @@ and, where there is a fixed set, the valid choices. No message contains a passwo
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import types
 import typing
@@ -28,28 +30,48 @@ from pydantic_settings import (
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 from sqlalchemy.engine import URL
 
 from .errors import ConfigurationError
-from .urls import parse_url, render
+from .urls import is_sqlite, parse_url, render
 
 __all__ = [
     "DEFAULT_TENANT_ID_PATTERN",
+    "REPLICA_KEYS",
+    "SECRET",
+    "STRATEGY_KEYS",
     "DatabaseSettings",
     "ReplicaHostSettings",
     "RouterSettings",
+    "SecretURL",
     "TenancySettings",
     "TenantSettings",
+    "tenant_url",
 ]
 
-DatabaseURL = Annotated[
+
+class _Secret:
+    """Marks the settings type that holds credentials: tests find every such field by it."""
+
+    def __repr__(self) -> str:
+        return "SECRET"
+
+
+SECRET = _Secret()
+"""The marker in the metadata of `SecretURL`."""
+
+SecretURL = Annotated[
     URL,
     NoDecode,
+    SECRET,
     BeforeValidator(parse_url),
     PlainSerializer(render, return_type=str),
 ]
-"""A database URL with an async driver; its repr and serialized form hide the password."""
+"""A database URL with an async driver, and the one type of every settings field that may
+hold a credential: its repr, str, ``model_dump()`` and ``model_dump_json()`` all show the
+password as ``***``. URL templates are of this type too (``{tenant}`` in the database name)."""
 
 DEFAULT_TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$")
@@ -57,6 +79,12 @@ _TEMPLATE_PROBE = "dbroutertenantprobe"
 _MAX_IDENTIFIER = 63
 _SAFE_TENANT_ID = re.compile(r"[a-z0-9_-]+")
 """Whatever ``id_pattern`` says, an id never holds anything else: it goes into names."""
+
+
+def tenant_url(template: URL, tenant: str) -> URL:
+    """The URL *template* names for the (validated) *tenant*: ``{tenant}`` replaced in the
+    database name, the only place it may appear."""
+    return template.set(database=(template.database or "").replace("{tenant}", tenant))
 
 
 class _Model(BaseModel):
@@ -74,7 +102,7 @@ class _Model(BaseModel):
 class ReplicaHostSettings(_Model):
     """One more server answering under a replica's name."""
 
-    url: DatabaseURL
+    url: SecretURL
     """Where this server is. A secret, like every URL."""
     weight: int = Field(default=1, ge=1)
     """Its share of reads under the ``weighted`` balancing policy."""
@@ -83,7 +111,7 @@ class ReplicaHostSettings(_Model):
 class DatabaseSettings(_Model):
     """One database: where it is and how its connection pool behaves."""
 
-    url: DatabaseURL
+    url: SecretURL
     """Where the database is. A secret: rendered with the password hidden everywhere."""
     echo: bool = False
     """Log every SQL statement (SQLAlchemy's ``echo``)."""
@@ -125,11 +153,30 @@ class DatabaseSettings(_Model):
     """The database is reached through PgBouncer in transaction mode (no prepared-statement
     cache, unique statement names)."""
 
+    @model_validator(mode="after")
+    def _keys_apply(self) -> DatabaseSettings:
+        if self.replica_of is None:
+            misplaced = sorted(self.model_fields_set & REPLICA_KEYS)
+            if misplaced:
+                raise _problem(
+                    misplaced[0],
+                    f"only a replica takes {', '.join(misplaced)}; set replica_of "
+                    "to the database it replicates, or remove "
+                    f"{'it' if len(misplaced) == 1 else 'them'}",
+                )
+        if self.pgbouncer and is_sqlite(self.url):
+            raise _problem(
+                "pgbouncer",
+                "only a PostgreSQL database is reached through PgBouncer; remove it for an "
+                "SQLite URL",
+            )
+        return self
+
 
 class TenantSettings(_Model):
     """A tenant declared in configuration, with optional pool overrides."""
 
-    url: DatabaseURL | None = None
+    url: SecretURL | None = None
     """The tenant's own database (``database`` strategy); default: the URL template."""
     pool_size: int | None = Field(default=None, ge=1)
     """Overrides ``tenancy.pool_size`` for this tenant."""
@@ -149,9 +196,9 @@ class TenancySettings(_Model):
     """A tenant id must match this regular expression; checked before anything else. It can
     only narrow the default: lowercase letters, digits, ``_`` and ``-`` are all an id may
     ever hold, and the database or schema name it makes must fit in 63 bytes."""
-    url_template: str | None = None
+    url_template: SecretURL | None = None
     """``database`` strategy: URL of a tenant's database, with ``{tenant}`` in the database
-    name, for tenants not listed under ``tenants``."""
+    name, for tenants not listed under ``tenants``. A secret, like every URL."""
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
     """Tenants declared up front, by id."""
     schema_database: str | None = None
@@ -186,19 +233,21 @@ class TenancySettings(_Model):
 
     @field_validator("url_template")
     @classmethod
-    def _template_names_database_only(cls, value: str | None) -> str | None:
+    def _template_names_database_only(cls, value: URL | None) -> URL | None:
         if value is None:
             return None
-        if value.count("{tenant}") != 1:
+        parts = [value.username, value.password, value.host, value.database]
+        for key, entry in value.query.items():
+            parts += [key, *((entry,) if isinstance(entry, str) else entry)]
+        if sum((part or "").count("{tenant}") for part in parts) != 1:
             raise ConfigurationError("must contain {tenant} exactly once, in the database name")
-        url = parse_url(value.replace("{tenant}", _TEMPLATE_PROBE))
+        url = tenant_url(value, _TEMPLATE_PROBE)
         if url.get_backend_name() == "sqlite":
             raise ConfigurationError(
                 "must name a database server such as PostgreSQL: SQLite would create a new "
                 "file for every well-formed id; declare SQLite tenants under tenancy.tenants"
             )
-        outside = render(url.set(database="")).replace("***", "")
-        if _TEMPLATE_PROBE not in (url.database or "") or _TEMPLATE_PROBE in outside:
+        if "{tenant}" not in (value.database or ""):
             raise ConfigurationError(
                 "{tenant} may only appear in the database name, "
                 "not in the host, user, port or query"
@@ -224,9 +273,36 @@ class TenancySettings(_Model):
         """
         fixed = len(self.schema_template) - len("{tenant}")
         if self.strategy == "database" and self.url_template is not None:
-            probe = parse_url(self.url_template.replace("{tenant}", _TEMPLATE_PROBE))
-            fixed = len(probe.database or "") - len(_TEMPLATE_PROBE)
+            fixed = len(self.url_template.database or "") - len("{tenant}")
         return _MAX_IDENTIFIER - fixed
+
+    @model_validator(mode="after")
+    def _keys_fit_the_strategy(self) -> TenancySettings:
+        foreign = sorted(
+            key
+            for strategy, keys in STRATEGY_KEYS.items()
+            if strategy != self.strategy
+            for key in keys & self.model_fields_set
+        )
+        if foreign:
+            raise _problem(
+                foreign[0],
+                f"not a key of the {self.strategy!r} strategy "
+                f"(keys of other strategies set: {', '.join(foreign)}); "
+                f"the {self.strategy!r} strategy takes "
+                f"{', '.join(sorted(STRATEGY_KEYS[self.strategy]))} besides "
+                f"{', '.join(sorted(_COMMON_TENANCY_KEYS))}",
+            )
+        if self.strategy != "database":
+            for tenant, settings in self.tenants.items():
+                if settings.model_fields_set:
+                    raise _problem(
+                        f"tenants.{tenant}",
+                        f"{', '.join(sorted(settings.model_fields_set))}: a tenant of the "
+                        f"{self.strategy!r} strategy has no database or pool of its own; "
+                        "declare it with no keys",
+                    )
+        return self
 
     @model_validator(mode="after")
     def _tenant_ids_are_valid(self) -> TenancySettings:
@@ -238,6 +314,39 @@ class TenancySettings(_Model):
                     f"{tenant!r} is not a valid tenant id (must match {self.id_pattern})",
                 )
         return self
+
+
+REPLICA_KEYS = frozenset(
+    {
+        "health_check_interval",
+        "max_lag",
+        "fallback",
+        "hosts",
+        "weight",
+        "balance",
+        "consistency_wait",
+        "consistency_window",
+    }
+)
+"""Keys of `DatabaseSettings` that only a replica (``replica_of``) takes."""
+
+STRATEGY_KEYS: dict[str, frozenset[str]] = {
+    "database": frozenset(
+        {
+            "url_template",
+            "max_engines",
+            "engine_idle_ttl",
+            "pool_size",
+            "max_overflow",
+            "pool_timeout",
+            "connect_timeout",
+        }
+    ),
+    "schema": frozenset({"schema_database", "schema_template"}),
+}
+"""Keys of `TenancySettings` that belong to one strategy; refused under another."""
+
+_COMMON_TENANCY_KEYS = frozenset({"strategy", "header", "id_pattern", "tenants", "lookup_ttl"})
 
 
 class RouterSettings(BaseSettings):
@@ -272,6 +381,9 @@ class RouterSettings(BaseSettings):
             super().__init__(**values)
         except ValidationError as exc:
             raise _configuration_error(exc, type(self)) from None
+        except SettingsError:
+            # pydantic-settings names only the top field, and its cause quotes the value.
+            raise _unparsable_environment() from None
 
     @classmethod
     def settings_customise_sources(
@@ -356,6 +468,37 @@ class _OwnDotEnvSource(DotEnvSettingsSource):
             for key, value in super().__call__().items()
             if key in fields or key.lower().startswith(prefix)
         }
+
+
+def _unparsable_environment() -> ConfigurationError:
+    """The error for an environment variable (or ``.env`` entry) whose JSON is malformed,
+    naming the variables that hold bad JSON and never their values."""
+    prefix = RouterSettings.model_config.get("env_prefix", "")
+    delimiter = RouterSettings.model_config.get("env_nested_delimiter") or "__"
+    bad = []
+    for name, value in sorted(os.environ.items()):
+        if not name.upper().startswith(prefix) or name.rsplit(delimiter, 1)[-1].lower() not in (
+            _JSON_KEYS
+        ):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            bad.append(name)
+    named = ", ".join(bad) or "a DBROUTER_ variable that takes JSON"
+    problems = [
+        (name.removeprefix(prefix).lower().replace(delimiter, "."), "not valid JSON")
+        for name in bad
+    ]
+    return ConfigurationError(
+        f"invalid dbrouter configuration: {named}: not valid JSON; lists and mappings are "
+        'written as JSON, for example DBROUTER_DATABASES__REPLICA__HOSTS=\'[{"url": '
+        '"postgresql://user:password@host/db", "weight": 2}]\'',
+        problems=problems,
+    )
+
+
+_JSON_KEYS = frozenset({"hosts", "tenants", "databases", "tenancy", "server_settings"})
 
 
 def _problem(key: str, message: str) -> ConfigurationError:

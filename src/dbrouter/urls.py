@@ -7,16 +7,19 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from .errors import ConfigurationError
 
-# The backend's name in a URL -> (the driver used when none is named, what to suggest).
-_ASYNC_DEFAULTS: dict[str, tuple[str | None, str]] = {
-    "postgresql": ("asyncpg", "postgresql+asyncpg://"),
-    "postgres": ("asyncpg", "postgresql+asyncpg://"),
+__all__ = ["is_postgresql", "is_sqlite", "parse_url", "render"]
+
+# The backends dbrouter serves -> (the driver used when none is named, what to suggest).
+# Every suggested driver is a dependency of this package or one of its extras.
+_ASYNC_DEFAULTS: dict[str, tuple[str, str]] = {
+    "postgresql": (
+        "asyncpg",
+        "postgresql+asyncpg:// (or postgresql+psycopg:// with the 'psycopg' extra)",
+    ),
     "sqlite": ("aiosqlite", "sqlite+aiosqlite://"),
-    "mysql": (None, "mysql+asyncmy:// or mysql+aiomysql://"),
-    "mariadb": (None, "mariadb+asyncmy:// or mariadb+aiomysql://"),
-    "oracle": (None, "oracle+oracledb_async://"),
-    "mssql": (None, "mssql+aioodbc://"),
 }
+_SUPPORTED = "postgresql:// (asyncpg, or psycopg) and sqlite:// (aiosqlite)"
+_MAX_PORT = 65535
 
 
 def parse_url(raw: str | URL, *, key: str | None = None) -> URL:
@@ -41,25 +44,33 @@ def parse_url(raw: str | URL, *, key: str | None = None) -> URL:
                 f"{where}not a database URL; expected the form "
                 "postgresql://user:password@host:5432/dbname or sqlite:///path/to/file.db"
             ) from None
+    if url.get_backend_name() == "postgres":
+        url = url.set(drivername=url.drivername.replace("postgres", "postgresql", 1))
     backend = url.get_backend_name()
-    default_driver, suggestion = _ASYNC_DEFAULTS.get(backend, (None, ""))
-    if backend == "postgres":
-        url = url.set(drivername="postgresql")
-        backend = "postgresql"
-    if "+" not in url.drivername and default_driver is not None:
+    if backend not in _ASYNC_DEFAULTS:
+        raise ConfigurationError(
+            f"{where}unsupported database backend {backend!r} in {render(url)}; "
+            f"dbrouter serves {_SUPPORTED}"
+        )
+    default_driver, suggestion = _ASYNC_DEFAULTS[backend]
+    if "+" not in url.drivername:
         url = url.set(drivername=f"{backend}+{default_driver}")
+    if url.port is not None and not 1 <= url.port <= _MAX_PORT:
+        raise ConfigurationError(
+            f"{where}port {url.port} in {render(url)} is out of range; "
+            f"a port is between 1 and {_MAX_PORT}"
+        )
     try:
         dialect = url.get_dialect()
     except NoSuchModuleError:
         raise ConfigurationError(
             f"{where}unknown database backend or driver {url.drivername!r} "
-            f"in {render(url)}; use postgresql+asyncpg:// or sqlite+aiosqlite://"
+            f"in {render(url)}; use {suggestion}"
         ) from None
     if not dialect.get_async_dialect_cls(url).is_async:
-        instead = f"; use {suggestion} instead" if suggestion else ""
         raise ConfigurationError(
             f"{where}the driver {url.get_driver_name()!r} in {render(url)} is synchronous "
-            f"and cannot serve an async engine{instead}"
+            f"and cannot serve an async engine; use {suggestion} instead"
         )
     return url
 

@@ -21,9 +21,8 @@ from ..engines import EngineFactory
 from ..errors import RouterClosedError, UnknownTenantError
 from ..events import TenantEngineEvicted
 from ..outages import as_unavailable
-from ..settings import DatabaseSettings, TenancySettings, TenantSettings
+from ..settings import DatabaseSettings, TenancySettings, TenantSettings, tenant_url
 from ..singleflight import SingleFlight
-from ..urls import parse_url
 from .strategy import StrategyContext, TenantRoute
 
 __all__ = ["DatabaseTenancy", "TenantEngineCache"]
@@ -109,7 +108,7 @@ class DatabaseTenancy:
         template = self._tenancy.url_template
         if template is None:
             return []
-        url = parse_url(template.replace("{tenant}", _PLACEHOLDER))
+        url = tenant_url(template, _PLACEHOLDER)
         prefix, _, suffix = (url.database or "").partition(_PLACEHOLDER)
         maintenance = self._factory.build(
             f"maintenance:{url.host or 'local'}",
@@ -222,7 +221,7 @@ class DatabaseTenancy:
                 raise UnknownTenantError(tenant)
             # The id matched the tenant pattern, and the template was checked to place it
             # in the database name only: it cannot reach the host, user or query.
-            url = parse_url(template.replace("{tenant}", tenant))
+            url = tenant_url(template, tenant)
         database_settings = DatabaseSettings(
             url=url,
             pool_size=settings.pool_size or tenancy.pool_size,
