@@ -33,11 +33,11 @@ async def test_check_reports_every_database(pg_url: str) -> None:
     assert primary.latency_ms > 0
     assert primary.error is None
     # The session holds one connection; the check borrowed and returned another.
-    assert primary.pool == PoolStats(size=3, checked_out=1, idle=1, overflow=-1)
+    assert primary.pool == PoolStats(size=3, in_use=1, idle=1, overflow_in_use=0, max=13)
     down = report.databases["down"]
     assert down.status == "down"
     assert down.latency_ms is None
-    assert down.error == "the server refused or dropped the connection"
+    assert (down.error, down.error_kind, down.sqlstate) == ("unreachable", "unreachable", None)
     assert report.ok is False
     assert report.as_dict()["status"] == "unavailable"
 
