@@ -42,7 +42,7 @@ FailureKind = Literal[
     "TLS",
     "too many connections",
     "shutting down",
-    "starting up",
+    "not accepting connections",
     "connection lost",
     "idle in transaction timeout",
     "pool exhausted",
@@ -64,7 +64,7 @@ _PHRASES: Final[dict[str, str]] = {
     "TLS": "TLS failed",
     "too many connections": "too many connections",
     "shutting down": "server shutting down",
-    "starting up": "server starting up",
+    "not accepting connections": "server not accepting connections",
     "connection lost": "connection lost",
     "idle in transaction timeout": "idle in a transaction too long",
     "pool exhausted": "no pooled connection free within pool_timeout",
@@ -178,7 +178,7 @@ def _by_sqlstate(sqlstate: str, message: str) -> FailureReason | None:
     elif sqlstate in ("57P01", "57P02"):
         kind = "shutting down"
     elif sqlstate == "57P03":
-        kind = "shutting down" if "shutting down" in message else "starting up"
+        kind = "shutting down" if "shutting down" in message else "not accepting connections"
     elif sqlstate in ("08001", "08004"):
         kind = "unreachable"
     elif sqlstate.startswith("08"):
@@ -207,7 +207,7 @@ _FATAL_REFUSALS: Final[tuple[tuple[str, FailureKind, str], ...]] = (
     (r"too many (clients|connections)", "too many connections", "53300"),
     (r"remaining connection slots", "too many connections", "53300"),
     (r"^the database system is shutting down", "shutting down", "57P03"),
-    (r"^the database system is", "starting up", "57P03"),
+    (r"^the database system is", "not accepting connections", "57P03"),
     (r"^terminating connection due to administrator command", "shutting down", "57P01"),
 )
 _FATAL_MESSAGES: Final = tuple(
