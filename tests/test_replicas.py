@@ -349,7 +349,7 @@ async def test_a_server_out_of_recovery_is_no_replica(replication: Replication) 
         replicas = ReplicaSet(registry["primary"], [member])
         await replicas.probe()
         assert not member.in_rotation
-        assert member.reason == "not in recovery"
+        assert member.reason == "no longer a standby"
         assert replicas.choose() is None
     finally:
         await registry.dispose()

@@ -1,4 +1,5 @@
-"""Health checks: ping every database, report status, latency and pool figures."""
+"""Health checks: ping every database, report status, latency, pool figures and, for a
+database that is down, why."""
 
 from __future__ import annotations
 
@@ -11,23 +12,29 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.pool import QueuePool
 
-from .outages import outage_reason
+from .outages import FailureKind, classify
 from .registry import Database
 from .replicas.rotation import ReplicaStatus
 
 
 @dataclass(frozen=True, slots=True)
 class PoolStats:
-    """What a connection pool holds at one moment."""
+    """What a connection pool holds at one moment.
+
+    ``in_use + idle`` connections are open; at most ``max`` can be. The pool does not
+    count the requests waiting for a connection, so neither does this.
+    """
 
     size: int
     """Configured ``pool_size`` (0 for pools without one)."""
-    checked_out: int
+    in_use: int
     """Connections lent out right now."""
     idle: int
     """Connections open and waiting in the pool."""
-    overflow: int
-    """Connections opened beyond ``pool_size`` (negative while the pool is still filling)."""
+    overflow_in_use: int
+    """Connections open beyond ``pool_size`` (never negative); all of them are in use."""
+    max: int
+    """The most connections the pool opens: ``pool_size + max_overflow``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +49,11 @@ class DatabaseHealth:
     """Whether the service is unhealthy while this database is down."""
     pool: PoolStats
     error: str | None = None
-    """Why it is down, in words that hold no address or secret."""
+    """Why it is down, in words that hold no address or secret (a `FailureReason` text)."""
+    error_kind: FailureKind | None = None
+    """The same as one word of a fixed set (``authentication failed``, ``unreachable``…)."""
+    sqlstate: str | None = None
+    """The PostgreSQL error code of the failure, when there is one."""
     replicas: tuple[ReplicaStatus, ...] = ()
     """For a replica: every server under its name, in rotation or not, why, and its lag."""
 
@@ -52,6 +63,7 @@ class HealthReport:
     """The health of every database of a router."""
 
     databases: dict[str, DatabaseHealth] = field(default_factory=dict)
+    """Every database, by name, in the order the settings declare them."""
 
     @property
     def ok(self) -> bool:
@@ -69,18 +81,22 @@ class HealthReport:
 def pool_stats(database: Database) -> PoolStats:
     """The pool figures of *database*'s engine."""
     pool = database.engine.pool
-    if isinstance(pool, QueuePool):
-        return PoolStats(
-            size=pool.size(),
-            checked_out=pool.checkedout(),
-            idle=pool.checkedin(),
-            overflow=pool.overflow(),
-        )
-    return PoolStats(size=0, checked_out=0, idle=0, overflow=0)
+    if not isinstance(pool, QueuePool):
+        return PoolStats(size=0, in_use=0, idle=0, overflow_in_use=0, max=0)
+    size = pool.size()
+    # overflow() starts at -pool_size and counts every connection the pool opens.
+    return PoolStats(
+        size=size,
+        in_use=pool.checkedout(),
+        idle=pool.checkedin(),
+        overflow_in_use=max(0, pool.overflow()),
+        max=size + database.settings.max_overflow,
+    )
 
 
 async def check_databases(databases: Iterable[Database]) -> HealthReport:
-    """Ping every database at once, each bounded by its connect timeout."""
+    """Ping every database at once, each bounded by its connect timeout; the report lists
+    them in the order given."""
     results = await asyncio.gather(*(_check(db) for db in databases))
     return HealthReport({result.name: result for result in results})
 
@@ -89,19 +105,26 @@ async def _check(database: Database) -> DatabaseHealth:
     settings = database.settings
     required = not (database.is_replica and settings.fallback == "primary")
     started = time.perf_counter()
-    error: str | None = None
     try:
         await asyncio.wait_for(_ping(database), settings.connect_timeout + settings.pool_timeout)
     except Exception as exc:
-        error = outage_reason(exc) or f"the check failed ({type(exc).__name__})"
-    latency = None if error else round((time.perf_counter() - started) * 1000, 3)
+        failure = classify(exc)
+        return DatabaseHealth(
+            name=database.name,
+            status="down",
+            latency_ms=None,
+            required=required,
+            pool=pool_stats(database),
+            error=failure.text,
+            error_kind=failure.kind,
+            sqlstate=failure.sqlstate,
+        )
     return DatabaseHealth(
         name=database.name,
-        status="down" if error else "up",
-        latency_ms=latency,
+        status="up",
+        latency_ms=round((time.perf_counter() - started) * 1000, 3),
         required=required,
         pool=pool_stats(database),
-        error=error,
     )
 
 

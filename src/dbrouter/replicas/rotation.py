@@ -20,11 +20,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Literal
 
-from sqlalchemy import exc as sa_exc
-
 from ..events import EventBus, ReplicaJoinedRotation, ReplicaLeftRotation
 from ..logs import log_events
-from ..outages import budget_exhausted, outage_reason
+from ..outages import FailureReason, budget_exhausted, classify
 from .lsn import format_lsn, parse_lsn
 from .probes import ReplicaReading, probe, read_primary, read_replica
 
@@ -69,7 +67,7 @@ class ReplicaMember:
     in_rotation: bool = field(default=True, init=False)
     """Whether `ReplicaSet.choose` may pick it."""
     reason: str | None = field(default=None, init=False)
-    """Why it is out of rotation: ``unreachable``, ``not in recovery``, ``lagging ...``."""
+    """Why it is out of rotation: ``unreachable``, ``no longer a standby``, ``lagging ...``."""
     lag_seconds: float | None = field(default=None, init=False)
     """How old, at most, the newest write it has not replayed is (None: never measured).
 
@@ -423,18 +421,22 @@ class ReplicaSet:
             return  # no connection to spare on this side: that says nothing about the server
         member.last_probe = now
         if isinstance(reading, Exception):
-            outage = outage_reason(reading)
-            if outage is None:
-                # Not an outage, so likely a setup problem: say it once, with the traceback.
-                level = logging.WARNING if member.in_rotation else logging.DEBUG
-                logger.log(
-                    level, "dbrouter: probing replica %r failed", member.name, exc_info=reading
+            failure = classify(reading)
+            reason = _rotation_reason(failure)
+            if member.in_rotation or member.reason != reason:
+                # The reason goes into the one WARNING line of _put_out; the traceback, for
+                # whoever debugs the probe, only here and once per reason.
+                logger.debug(
+                    "dbrouter: probing replica %r failed: %s",
+                    member.name,
+                    failure,
+                    exc_info=reading,
                 )
-            self._put_out(member, "unreachable" if outage else f"probe failed ({_kind(reading)})")
+            self._put_out(member, reason)
             return
         member.replay_lsn = reading.replay_lsn
         if not reading.in_recovery:
-            self._put_out(member, "not in recovery")
+            self._put_out(member, "no longer a standby")
             return
         if primary_lsn is not None:
             self._measure_lag(member, reading, now, primary_lsn)
@@ -501,6 +503,9 @@ def _qualifies(member: ReplicaMember, min_lsn: int | None) -> bool:
     return replay is not None and replay >= min_lsn
 
 
-def _kind(exc: BaseException) -> str:
-    cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
-    return type(cause).__name__
+def _rotation_reason(failure: FailureReason) -> str:
+    # A server that refuses, drops or never answers the connection is "unreachable", in
+    # the words of report_failure; any other failure says what it is.
+    if failure.kind in ("unreachable", "timeout", "connection lost"):
+        return "unreachable"
+    return failure.text
