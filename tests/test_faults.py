@@ -5,6 +5,7 @@ restart under load, clients that go away mid-query, and shutdown under load."""
 
 import asyncio
 import gc
+import logging
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dbrouter import DatabaseRouter, RouterSettings, get_db
+from dbrouter.events import DatabaseRecovered, DatabaseUnavailable
 from tests.conftest import serve, server_connections
 from tests.support.postgres import PostgresServer
 
@@ -250,3 +252,53 @@ async def test_shutdown_under_load_leaves_no_connection(own_server: PostgresServ
     assert router.closed
     gc.collect()
     assert await server_connections(url) == 0
+
+
+async def test_a_database_going_away_is_logged_once_and_its_return_once(
+    own_server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dbrouter")
+    router, app = build(prepare(own_server), pool_size=2, max_overflow=0)
+    changes: list[object] = []
+    router.events.subscribe(DatabaseUnavailable, changes.append)
+    router.events.subscribe(DatabaseRecovered, changes.append)
+    async with serve(app) as client:
+        assert (await client.get("/read")).status_code == 200
+        await asyncio.to_thread(own_server.stop, "fast")
+        down = [await client.get("/read") for _ in range(6)]
+        health = await client.get("/health/databases")
+        await asyncio.to_thread(own_server.start)
+        back = [await client.get("/read") for _ in range(3)]
+    assert [response.status_code for response in down] == [503] * 6
+    assert health.status_code == 404  # not mounted: the check ran through the requests only
+    assert [response.status_code for response in back] == [200] * 3
+    assert [type(change) for change in changes] == [DatabaseUnavailable, DatabaseRecovered]
+    lines = [
+        (record.levelname, record.getMessage())
+        for record in caplog.records
+        if "unavailable" in record.getMessage() or "available again" in record.getMessage()
+    ]
+    assert len(lines) == 2, lines
+    (warned, warning), (informed, recovered) = lines
+    assert (warned, informed) == ("WARNING", "INFO")
+    assert warning.startswith("dbrouter: database 'primary' is unavailable: ")
+    assert recovered == "dbrouter: database 'primary' is available again"
+    assert not any(record.exc_info for record in caplog.records if record.levelno >= 30)
+
+
+async def test_the_health_check_reports_state_changes_too(
+    own_server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dbrouter")
+    router, _ = build(prepare(own_server))
+    changes: list[str] = []
+    router.events.subscribe(DatabaseUnavailable, lambda event: changes.append(event.reason))
+    router.events.subscribe(DatabaseRecovered, lambda event: changes.append("back"))
+    async with router:
+        assert (await router.check()).ok
+        await asyncio.to_thread(own_server.stop, "fast")
+        for _ in range(3):
+            assert not (await router.check()).ok
+        await asyncio.to_thread(own_server.start)
+        assert (await router.check()).ok
+    assert changes == ["unreachable", "back"]

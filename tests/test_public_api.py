@@ -62,3 +62,42 @@ def test_the_core_imports_without_fastapi() -> None:
 
 def test_typed_marker_ships() -> None:
     assert (SOURCE / "py.typed").exists()
+
+
+def test_a_worker_and_the_cli_run_with_fastapi_blocked(tmp_path: Path) -> None:
+    code = (
+        "import asyncio, sys\n"
+        "sys.modules['fastapi'] = None\n"
+        "sys.modules['starlette'] = None\n"
+        "from sqlalchemy import text\n"
+        "from dbrouter import DatabaseRouter, RouterSettings\n"
+        "from dbrouter.cli import main\n"
+        f"url = 'sqlite:///{tmp_path}/worker.db'\n"
+        "async def work():\n"
+        "    settings = RouterSettings(\n"
+        "        databases={\n"
+        "            'primary': {'url': url},\n"
+        "            'replica': {'url': url, 'replica_of': 'primary'},\n"
+        "        },\n"
+        "        tenancy={'tenants': {'acme': {'url': url}}},\n"
+        "    )\n"
+        "    async with DatabaseRouter(settings) as router:\n"
+        "        async with router.session(commit=True) as session:\n"
+        "            await session.execute(text('CREATE TABLE t (x int)'))\n"
+        "        async with router.session('replica') as session:\n"
+        "            assert (await session.scalar(text('SELECT count(*) FROM t'))) == 0\n"
+        "        async with router.tenant_session('acme') as session:\n"
+        "            assert (await session.scalar(text('SELECT 1'))) == 1\n"
+        "        assert (await router.check()).ok\n"
+        "asyncio.run(work())\n"
+        "import os\n"
+        "os.environ['DBROUTER_DATABASES__PRIMARY__URL'] = url\n"
+        "assert main(['check']) == 0\n"
+        "assert main(['tenants', 'list']) in (0, 2)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")

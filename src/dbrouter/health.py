@@ -12,7 +12,7 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.pool import QueuePool
 
-from .outages import FailureKind, classify
+from .outages import FailureKind, classify, server_outage
 from .registry import Database
 from .replicas.rotation import ReplicaStatus
 
@@ -109,6 +109,8 @@ async def _check(database: Database) -> DatabaseHealth:
         await asyncio.wait_for(_ping(database), settings.connect_timeout + settings.pool_timeout)
     except Exception as exc:
         failure = classify(exc)
+        if database.availability is not None and server_outage(exc):
+            database.availability.lost(failure.text)
         return DatabaseHealth(
             name=database.name,
             status="down",
@@ -119,6 +121,8 @@ async def _check(database: Database) -> DatabaseHealth:
             error_kind=failure.kind,
             sqlstate=failure.sqlstate,
         )
+    if database.availability is not None:
+        database.availability.regained()
     return DatabaseHealth(
         name=database.name,
         status="up",

@@ -153,7 +153,7 @@ class LentSession:
         if self._on_outage is not None:
             if not budget_exhausted(unavailable):
                 self._on_outage()  # a replica server: out of rotation, and it says so
-        elif database.availability is not None and server_outage(unavailable):
+        elif database.availability is not None and server_outage(exc):
             database.availability.lost(unavailable.reason)
         if unavailable is not exc:
             raise unavailable from exc
