@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import subprocess
 import sys
@@ -101,3 +102,25 @@ def test_a_worker_and_the_cli_run_with_fastapi_blocked(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+def test_every_module_declares_its_surface() -> None:
+    """Every module has ``__all__``, and every public class or function it defines is in it
+    (or private by name): nothing is public by accident."""
+    for path in sorted(SOURCE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        declared: list[str] | None = None
+        defined = set()
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(
+                isinstance(target, ast.Name) and target.id == "__all__" for target in node.targets
+            ):
+                declared = list(ast.literal_eval(node.value))
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if not node.name.startswith("_"):
+                    defined.add(node.name)
+        where = path.relative_to(SOURCE)
+        assert declared is not None, f"{where} declares no __all__"
+        if path.name != "__init__.py":
+            assert defined <= set(declared), f"{where}: {sorted(defined - set(declared))}"
+        assert declared == sorted(declared), f"{where}: __all__ is not sorted"

@@ -13,6 +13,8 @@ from .router import DatabaseRouter
 from .settings import RouterSettings
 from .urls import render
 
+__all__ = ["main"]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line *argv*; returns the exit status."""

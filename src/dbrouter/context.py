@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+__all__ = ["current_tenant", "tenant_context"]
+
 _current_tenant: ContextVar[str | None] = ContextVar("dbrouter_tenant", default=None)
 
 

@@ -9,6 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+__all__ = [
+    "BudgetExhaustedError",
+    "ConfigurationError",
+    "DBRouterError",
+    "DatabaseUnavailableError",
+    "ReadOnlySessionError",
+    "RouterClosedError",
+    "SessionClosedError",
+    "TenantError",
+    "TenantResolutionError",
+    "UnknownDatabaseError",
+    "UnknownTenantError",
+]
+
 
 def _choices(names: Iterable[str]) -> str:
     listed = sorted(names)

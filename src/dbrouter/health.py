@@ -16,6 +16,8 @@ from .outages import FailureKind, classify, server_outage
 from .registry import Database
 from .replicas.rotation import ReplicaStatus
 
+__all__ = ["DatabaseHealth", "HealthReport", "PoolStats", "check_databases", "pool_stats"]
+
 
 @dataclass(frozen=True, slots=True)
 class PoolStats:

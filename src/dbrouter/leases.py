@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+__all__ = ["Leases"]
+
 
 class Leases:
     """How many sessions hold an engine right now; `drained` waits for none.

@@ -20,6 +20,8 @@ from .events import CheckoutTimedOut
 from .outages import as_unavailable, budget_exhausted, server_outage
 from .replicas.readonly import ReplicaSession
 
+__all__ = ["LentSession", "Route", "SessionMaker"]
+
 logger = logging.getLogger("dbrouter")
 
 _ENDED = (

@@ -13,6 +13,12 @@ from typing import Any, ClassVar
 from sqlalchemy import DateTime, MetaData, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
 
+__all__ = [
+    "Base",
+    "NAMING_CONVENTION",
+    "TimestampMixin",
+]
+
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",

@@ -39,12 +39,12 @@ from .urls import is_sqlite, parse_url, render
 
 __all__ = [
     "DEFAULT_TENANT_ID_PATTERN",
-    "REPLICA_KEYS",
-    "SECRET",
-    "STRATEGY_KEYS",
     "DatabaseSettings",
+    "REPLICA_KEYS",
     "ReplicaHostSettings",
     "RouterSettings",
+    "SECRET",
+    "STRATEGY_KEYS",
     "SecretURL",
     "TenancySettings",
     "TenantSettings",

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+__all__ = ["SingleFlight"]
+
 K = TypeVar("K")
 V = TypeVar("V")
 

@@ -19,8 +19,8 @@ from .errors import http_error
 __all__ = [
     "DATABASE_ATTRIBUTE",
     "STATE_KEY",
-    "TENANT_MARK",
     "SessionDependency",
+    "TENANT_MARK",
     "get_db",
     "get_tenant",
     "get_tenant_db",

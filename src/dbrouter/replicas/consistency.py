@@ -20,6 +20,21 @@ from sqlalchemy.util import await_only
 
 from .lsn import format_lsn, parse_lsn
 
+__all__ = [
+    "Mark",
+    "RequestConsistency",
+    "TOKEN_COOKIE",
+    "TOKEN_HEADER",
+    "before_page_header",
+    "current_consistency",
+    "format_token",
+    "merge",
+    "parse_token",
+    "position_after_commit",
+    "reset_consistency",
+    "set_consistency",
+]
+
 TOKEN_HEADER = "X-Consistency-Token"
 """The response header carrying the token, and the request header that sends it back."""
 TOKEN_COOKIE = "dbrouter_consistency"

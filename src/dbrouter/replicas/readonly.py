@@ -27,6 +27,13 @@ from ..errors import ReadOnlySessionError
 from ..settings import DatabaseSettings
 from ..urls import is_postgresql, is_sqlite
 
+__all__ = [
+    "ReplicaSession",
+    "make_connections_read_only",
+    "read_only_by_connection",
+    "read_only_sessionmaker",
+]
+
 _QUERY_ONLY = "dbrouter_query_only"
 _READ_ONLY = "dbrouter_read_only"
 

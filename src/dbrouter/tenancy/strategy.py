@@ -18,7 +18,7 @@ from ..engines import EngineFactory
 from ..registry import DatabaseRegistry
 from ..settings import TenancySettings, TenantSettings
 
-__all__ = ["SessionMaker", "StrategyContext", "TenancyStrategy", "TenantRoute"]
+__all__ = ["SessionMaker", "StrategyContext", "TenancyStrategy", "TenantRoute", "strategies"]
 
 SessionMaker = Callable[[], AsyncSession]
 TenantRoute = tuple[Database, SessionMaker]
