@@ -18,6 +18,12 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.pool import NullPool, StaticPool
 
+from .parameters import (
+    PER_TRANSACTION_PLUGIN,
+    libpq_options,
+    run_time_parameters,
+    split_for_pgbouncer,
+)
 from .replicas.consistency import current_consistency, position_after_commit
 from .replicas.readonly import make_connections_read_only, read_only_by_connection
 from .settings import DatabaseSettings
@@ -51,11 +57,24 @@ def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
             pool_timeout=settings.pool_timeout,
         )
     driver = url.get_driver_name()
+    parameters = run_time_parameters(settings)
+    if settings.pgbouncer:
+        parameters, per_transaction = split_for_pgbouncer(parameters)
+        if per_transaction:
+            options["plugins"] = [PER_TRANSACTION_PLUGIN]
+            options[PER_TRANSACTION_PLUGIN] = per_transaction
     if is_postgresql(url) and driver == "psycopg":
         # libpq counts whole seconds, and treats anything under 2 as 2.
         connect_args["connect_timeout"] = max(2, math.ceil(settings.connect_timeout))
         if "application_name" not in url.query:
             connect_args["application_name"] = f"dbrouter:{name}"[:63]
+        if "application_name" in parameters:
+            connect_args["application_name"] = parameters.pop("application_name")
+        if parameters:
+            given = url.query.get("options")
+            connect_args["options"] = libpq_options(
+                parameters, given if isinstance(given, str) else None
+            )
         if settings.pgbouncer:
             connect_args["prepare_threshold"] = None  # no server-side prepared statements
     else:
@@ -64,6 +83,7 @@ def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
         server_settings: dict[str, str] = {}
         if "application_name" not in url.query:
             server_settings["application_name"] = f"dbrouter:{name}"[:63]
+        server_settings.update(parameters)
         if read_only_by_connection(settings):
             # Sent when connecting: every transaction on a replica is read-only, for free.
             server_settings["default_transaction_read_only"] = "on"

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .errors import RouterClosedError
-from .outages import as_unavailable, budget_exhausted, server_outage
+from .outages import as_cancelled_statement, as_unavailable, budget_exhausted, server_outage
 from .registry import Database
 from .replicas.readonly import ReplicaSession
 
@@ -136,6 +136,9 @@ class LentSession:
         await _rollback_quietly(session)
         unavailable = as_unavailable(exc, database.name)
         if unavailable is None:
+            cancelled = as_cancelled_statement(exc, database.name)
+            if cancelled is not None:
+                raise cancelled from exc  # the server is fine: no outage to report
             return
         if self._on_outage is not None and not budget_exhausted(unavailable):
             self._on_outage()

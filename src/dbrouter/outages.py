@@ -100,3 +100,29 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         current = current.__cause__ or current.__context__
+
+
+# -- a statement cancelled by the server ----------------------------------------------------
+
+# SQLSTATE 57014 query_canceled: statement_timeout ran out, or someone cancelled it.
+_QUERY_CANCELED = "57014"
+
+
+def as_cancelled_statement(exc: BaseException, name: str) -> DatabaseUnavailableError | None:
+    """*exc* as a `DatabaseUnavailableError` for database *name* when the server cancelled
+    a statement (``statement_timeout``), else None.
+
+    Not an outage: the server is up and the connection stays usable once the transaction
+    is rolled back, so no replica leaves rotation for it. The request still gets 503 with
+    ``Retry-After``, like every answer that the database could not serve it in time.
+    """
+    for cause in _chain(exc):
+        if isinstance(cause, DBRouterError):
+            return None
+        if getattr(cause, "sqlstate", None) == _QUERY_CANCELED:
+            error = DatabaseUnavailableError(
+                name, "the server cancelled a statement (statement_timeout or a cancel request)"
+            )
+            error.__cause__ = exc
+            return error
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import types
 import typing
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -32,6 +33,7 @@ from pydantic_settings import (
 from sqlalchemy.engine import URL
 
 from .errors import ConfigurationError
+from .parameters import MAX_TIMEOUT, SEARCH_PATH, check_server_settings
 from .urls import parse_url, render
 
 __all__ = [
@@ -50,6 +52,19 @@ DatabaseURL = Annotated[
     PlainSerializer(render, return_type=str),
 ]
 """A database URL with an async driver; its repr and serialized form hide the password."""
+
+Timeout = Annotated[float, Field(gt=0, le=MAX_TIMEOUT)]
+"""Seconds, for a PostgreSQL timeout (at most 2^31 - 1 milliseconds)."""
+
+ServerSettings = Annotated[dict[str, str], BeforeValidator(check_server_settings)]
+"""PostgreSQL run-time parameters by name; names and values checked, names lowercase."""
+
+_CONNECTION_KEYS = (
+    "statement_timeout",
+    "idle_in_transaction_timeout",
+    "server_settings",
+)
+"""The keys of `DatabaseSettings` that tenant databases inherit from ``tenancy``."""
 
 DEFAULT_TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$")
@@ -124,6 +139,31 @@ class DatabaseSettings(_Model):
     pgbouncer: bool = False
     """The database is reached through PgBouncer in transaction mode (no prepared-statement
     cache, unique statement names)."""
+    statement_timeout: Timeout | None = None
+    """Seconds a statement may run before the server cancels it; the request gets 503
+    (PostgreSQL's ``statement_timeout``; none: the server's own setting)."""
+    idle_in_transaction_timeout: Timeout | None = None
+    """Seconds a session may sit idle inside a transaction before the server ends it
+    (PostgreSQL's ``idle_in_transaction_session_timeout``; none: the server's own setting)."""
+    server_settings: ServerSettings = Field(default_factory=dict)
+    """Other PostgreSQL run-time parameters set on every connection, such as
+    ``{"lock_timeout": "5s", "jit": "off"}``."""
+
+    @model_validator(mode="after")
+    def _connection_options_apply(self) -> DatabaseSettings:
+        options = {key: getattr(self, key) for key in _CONNECTION_KEYS}
+        problems = _connection_problems(options, self.url.get_backend_name())
+        query = self.url.query
+        if "application_name" in self.server_settings and "application_name" in query:
+            problems.append(
+                (
+                    "server_settings.application_name",
+                    "the URL sets application_name too; set it in one place",
+                )
+            )
+        if problems:
+            raise _problems(problems)
+        return self
 
 
 class TenantSettings(_Model):
@@ -135,6 +175,12 @@ class TenantSettings(_Model):
     """Overrides ``tenancy.pool_size`` for this tenant."""
     max_overflow: int | None = Field(default=None, ge=0)
     """Overrides ``tenancy.max_overflow`` for this tenant."""
+    statement_timeout: Timeout | None = None
+    """Overrides ``tenancy.statement_timeout`` for this tenant."""
+    idle_in_transaction_timeout: Timeout | None = None
+    """Overrides ``tenancy.idle_in_transaction_timeout`` for this tenant."""
+    server_settings: ServerSettings | None = None
+    """Added to ``tenancy.server_settings`` for this tenant, its values winning."""
 
 
 class TenancySettings(_Model):
@@ -174,6 +220,53 @@ class TenancySettings(_Model):
     """Seconds a request waits for a connection of its tenant's pool, then 503."""
     connect_timeout: float = Field(default=10.0, gt=0)
     """Seconds to wait for a new connection to a tenant's database."""
+    statement_timeout: Timeout | None = None
+    """``database`` strategy: ``statement_timeout`` of every tenant's database."""
+    idle_in_transaction_timeout: Timeout | None = None
+    """``database`` strategy: ``idle_in_transaction_timeout`` of every tenant's database."""
+    server_settings: ServerSettings = Field(default_factory=dict)
+    """``database`` strategy: ``server_settings`` of every tenant's database."""
+
+    def tenant_connection(self, tenant: TenantSettings) -> dict[str, Any]:
+        """The timeouts and server settings of *tenant*'s database: each key the
+        tenant sets, else the tenancy's; ``server_settings`` merged, the tenant's winning."""
+        options = {
+            key: getattr(self, key) if getattr(tenant, key) is None else getattr(tenant, key)
+            for key in _CONNECTION_KEYS
+        }
+        options["server_settings"] = {**self.server_settings, **(tenant.server_settings or {})}
+        return options
+
+    @model_validator(mode="after")
+    def _tenant_connections_apply(self) -> TenancySettings:
+        own = {key: getattr(self, key) for key in _CONNECTION_KEYS}
+        if self.strategy == "schema":
+            shared = (
+                "the schema strategy's tenants share the connections of the schema database; "
+                "set it on that database (databases.<name>)"
+            )
+            problems = [(key, shared) for key, value in own.items() if value]
+            for tenant, settings in self.tenants.items():
+                problems += [
+                    (f"tenants.{tenant}.{key}", shared)
+                    for key in _CONNECTION_KEYS
+                    if getattr(settings, key)
+                ]
+        else:
+            problems = _connection_problems(own, "postgresql")
+            for tenant, settings in self.tenants.items():
+                if problems:
+                    break  # the tenants' own problems would only repeat these
+                backend = "postgresql" if settings.url is None else settings.url.get_backend_name()
+                for key, message in _connection_problems(
+                    self.tenant_connection(settings), backend
+                ):
+                    if not getattr(settings, key) and getattr(self, key):
+                        message = f"inherited from tenancy: {message}"
+                    problems.append((f"tenants.{tenant}.{key}", message))
+        if problems:
+            raise _problems(problems)
+        return self
 
     @field_validator("id_pattern")
     @classmethod
@@ -340,6 +433,21 @@ class RouterSettings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _schema_tenants_keep_their_search_path(self) -> RouterSettings:
+        tenancy = self.tenancy
+        if tenancy is None or tenancy.strategy != "schema":
+            return self
+        holder = tenancy.schema_database or self.default_database
+        database = self.databases.get(holder)
+        if database is not None and SEARCH_PATH in database.server_settings:
+            raise _problem(
+                f"databases.{holder}.server_settings.{SEARCH_PATH}",
+                "cannot be set on the database that holds the tenants' schemas: the schema "
+                "strategy pins each transaction's search_path to its tenant's schema",
+            )
+        return self
+
 
 class _OwnDotEnvSource(DotEnvSettingsSource):
     """``.env`` entries with the ``DBROUTER_`` prefix only.
@@ -360,6 +468,23 @@ class _OwnDotEnvSource(DotEnvSettingsSource):
 
 def _problem(key: str, message: str) -> ConfigurationError:
     return ConfigurationError(f"{key}: {message}", problems=[(key, message)])
+
+
+def _problems(problems: list[tuple[str, str]]) -> ConfigurationError:
+    summary = "; ".join(f"{key}: {message}" for key, message in problems)
+    return ConfigurationError(summary, problems=problems)
+
+
+def _connection_problems(options: Mapping[str, Any], backend: str) -> list[tuple[str, str]]:
+    """What is wrong with a database's timeouts and server settings, on *backend*."""
+    if backend != "postgresql":
+        kind = "SQLite" if backend == "sqlite" else backend
+        return [
+            (key, f"only applies to PostgreSQL databases; this one is {kind}")
+            for key in _CONNECTION_KEYS
+            if options[key]
+        ]
+    return []
 
 
 def _listing(names: set[str] | frozenset[str]) -> str:

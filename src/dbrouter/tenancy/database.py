@@ -177,6 +177,7 @@ class TenantEngines:
             ),
             pool_timeout=tenancy.pool_timeout,
             connect_timeout=tenancy.connect_timeout,
+            **tenancy.tenant_connection(settings),
         )
         name = f"tenant:{tenant}"
         engine = build_engine(database_settings, name=name)
