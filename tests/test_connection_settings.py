@@ -1,14 +1,19 @@
-"""The settings of timeouts and server settings: what they accept, what they refuse and
+"""The settings of timeouts, TLS and server settings: what they accept, what they refuse and
 how, what tenants inherit, and the connection arguments the drivers get from them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from dbrouter import ConfigurationError, DatabaseSettings, RouterSettings, TenantSettings
 from dbrouter.engines import engine_options
+from tests.support.tls import Authority
 
 PG = "postgresql://app:secret@db:5432/app"
 SQLITE = "sqlite:///./app.db"
@@ -19,6 +24,25 @@ def problems(**database: Any) -> dict[str, str]:
     with pytest.raises(ConfigurationError) as caught:
         RouterSettings(databases={"primary": {"url": PG, **database}})
     return dict(caught.value.problems)
+
+
+@dataclass(frozen=True)
+class Files:
+    ca: Path
+    cert: Path
+    key: Path
+    other_key: Path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
+    directory = tmp_path_factory.mktemp("certificates")
+    authority = Authority("settings test authority")
+    ca = directory / "ca.crt"
+    ca.write_bytes(authority.pem)
+    cert, key = authority.issue("app", client=True).write(directory, "client")
+    _, other_key = authority.issue("other", client=True).write(directory, "other")
+    return Files(ca, cert, key, other_key)
 
 
 # -- timeouts -----------------------------------------------------------------------------
@@ -47,6 +71,8 @@ def test_timeouts_are_sent_in_milliseconds_never_zero(seconds: float, sent: str)
     [
         ("statement_timeout", 5),
         ("idle_in_transaction_timeout", 5),
+        ("ssl", "require"),
+        ("ssl", "disable"),
         ("server_settings", {"jit": "off"}),
     ],
 )
@@ -56,6 +82,11 @@ def test_postgresql_keys_on_sqlite_are_errors_naming_the_key(key: str, value: ob
     found = dict(caught.value.problems)
     assert found == {f"databases.primary.{key}": found[f"databases.primary.{key}"]}
     assert "SQLite" in found[f"databases.primary.{key}"]
+
+
+def test_tls_files_on_sqlite_are_errors(files: Files) -> None:
+    with pytest.raises(ConfigurationError, match=r"databases\.primary\.ssl_ca: only applies"):
+        RouterSettings(databases={"primary": {"url": SQLITE, "ssl_ca": files.ca}})
 
 
 def test_schema_tenants_take_no_connection_options() -> None:
@@ -219,27 +250,155 @@ def test_a_replica_keeps_its_read_only_start_with_server_settings() -> None:
     assert server_settings["jit"] == "off"
 
 
+# -- TLS ----------------------------------------------------------------------------------
+
+
+def test_tls_settings_that_go_together(files: Files) -> None:
+    assert "databases.primary.ssl_ca" in problems(ssl="verify-ca")
+    assert "databases.primary.ssl_ca" in problems(ssl="require", ssl_ca=files.ca)
+    assert "databases.primary.ssl_key" in problems(ssl="require", ssl_cert=files.cert)
+    assert "databases.primary.ssl_cert" in problems(ssl="require", ssl_key=files.key)
+    assert "databases.primary.ssl_ca" in problems(ssl_ca=files.ca)
+    assert "databases.primary.ssl_cert" in problems(
+        ssl="disable", ssl_cert=files.cert, ssl_key=files.key
+    )
+    DatabaseSettings(url=PG, ssl="verify-full")
+    DatabaseSettings(url=PG, ssl="verify-ca", ssl_ca=files.ca)
+    DatabaseSettings(url=PG, ssl="require", ssl_cert=files.cert, ssl_key=files.key)
+
+
+def test_tls_files_must_exist_and_be_files(files: Files, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.crt"
+    assert problems(ssl="verify-full", ssl_ca=missing) == {
+        "databases.primary.ssl_ca": f"no such file: {missing}"
+    }
+    assert problems(ssl="verify-full", ssl_ca=tmp_path) == {
+        "databases.primary.ssl_ca": f"not a file: {tmp_path}"
+    }
+
+
+def test_relative_tls_paths_are_made_absolute(
+    files: Files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(files.ca.parent)
+    settings = DatabaseSettings(url=PG, ssl="verify-ca", ssl_ca=Path(files.ca.name))
+    assert settings.ssl_ca == files.ca
+
+
+def test_tls_files_that_hold_the_wrong_thing_are_named_but_never_shown(
+    files: Files, tmp_path: Path
+) -> None:
+    secret = "c2VjcmV0LWtleS1tYXRlcmlhbA"
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text(f"-----BEGIN PRIVATE KEY-----\n{secret}\n-----END PRIVATE KEY-----\n")
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    cases = {
+        "ssl_ca": {"ssl_ca": garbage},
+        "ssl_cert": {"ssl_cert": garbage, "ssl_key": files.key},
+        "ssl_key": {"ssl_cert": files.cert, "ssl_key": garbage},
+    }
+    for key, given in cases.items():
+        found = problems(ssl="verify-full", **given)
+        assert list(found) == [f"databases.primary.{key}"]
+        assert str(garbage) in found[f"databases.primary.{key}"]
+        assert secret not in str(found)
+    found = problems(ssl="require", ssl_cert=files.cert, ssl_key=encrypted)
+    assert "passphrase" in found["databases.primary.ssl_key"]
+    found = problems(ssl="require", ssl_cert=files.cert, ssl_key=files.other_key)
+    assert found == {
+        "databases.primary.ssl_key": f"{files.other_key} is not the private key of ssl_cert"
+    }
+    with pytest.raises(ConfigurationError) as caught:
+        DatabaseSettings(url=PG, ssl="verify-full", ssl_ca=files.ca, ssl_cert=files.key)
+    assert files.key.read_text().splitlines()[1] not in str(caught.value)
+
+
+def test_tls_in_the_url_and_in_the_settings_is_an_error(files: Files) -> None:
+    with pytest.raises(ConfigurationError, match="the URL sets sslmode too"):
+        DatabaseSettings(url=f"{PG}?sslmode=require", ssl="verify-full")
+    DatabaseSettings(url=f"{PG}?sslmode=require")
+
+
+def test_drivers_get_the_same_tls(files: Files) -> None:
+    asyncpg = DatabaseSettings(url=PG, ssl="verify-ca", ssl_ca=files.ca)
+    context = engine_options(asyncpg, name="primary")["connect_args"]["ssl"]
+    assert context.verify_mode.name == "CERT_REQUIRED"
+    assert context.check_hostname is False
+    psycopg = DatabaseSettings(
+        url="postgresql+psycopg://app@db/app",
+        ssl="verify-full",
+        ssl_ca=files.ca,
+        ssl_cert=files.cert,
+        ssl_key=files.key,
+    )
+    connect_args = engine_options(psycopg, name="primary")["connect_args"]
+    assert {key: connect_args[key] for key in ("sslmode", "sslrootcert", "sslcert", "sslkey")} == {
+        "sslmode": "verify-full",
+        "sslrootcert": str(files.ca),
+        "sslcert": str(files.cert),
+        "sslkey": str(files.key),
+    }
+    disabled = DatabaseSettings(url=PG, ssl="disable")
+    assert engine_options(disabled, name="primary")["connect_args"]["ssl"] == "disable"
+
+
 # -- tenants ------------------------------------------------------------------------------
 
 
-def test_tenants_inherit_key_by_key() -> None:
+def test_tenants_inherit_key_by_key(files: Files) -> None:
     settings = RouterSettings(
         databases={"primary": {"url": PG}},
         tenancy={
             "url_template": "postgresql://app@db/tenant_{tenant}",
             "statement_timeout": 5,
             "idle_in_transaction_timeout": 60,
+            "ssl": "verify-full",
+            "ssl_ca": files.ca,
             "server_settings": {"lock_timeout": "2s", "jit": "off"},
-            "tenants": {"acme": {"statement_timeout": 30, "server_settings": {"jit": "on"}}},
+            "tenants": {
+                "acme": {"statement_timeout": 30, "server_settings": {"jit": "on"}},
+                "local": {"url": "postgresql://app@localhost/local", "ssl": "disable"},
+                "plain": {"url": "postgresql://app@other/plain", "ssl": "require"},
+            },
         },
     )
     tenancy = settings.tenancy
     assert tenancy is not None
-    assert tenancy.tenant_connection(tenancy.tenants["acme"]) == {
+    acme = tenancy.tenant_connection(tenancy.tenants["acme"])
+    assert acme == {
         "statement_timeout": 30,
         "idle_in_transaction_timeout": 60,
+        "ssl": "verify-full",
+        "ssl_ca": files.ca,
+        "ssl_cert": None,
+        "ssl_key": None,
         "server_settings": {"lock_timeout": "2s", "jit": "on"},
     }
+    # A tenant's own disable or require takes no file that would not apply.
+    local = tenancy.tenant_connection(tenancy.tenants["local"])
+    assert (local["ssl"], local["ssl_ca"]) == ("disable", None)
+    plain = tenancy.tenant_connection(tenancy.tenants["plain"])
+    assert (plain["ssl"], plain["ssl_ca"]) == ("require", None)
     undeclared = tenancy.tenant_connection(TenantSettings())
-    assert undeclared["statement_timeout"] == 5
-    assert undeclared["server_settings"] == {"lock_timeout": "2s", "jit": "off"}
+    assert (undeclared["statement_timeout"], undeclared["ssl"]) == (5, "verify-full")
+
+
+def test_a_tenants_combination_is_checked_when_built(files: Files) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        RouterSettings(
+            databases={"primary": {"url": PG}},
+            tenancy={
+                "ssl": "require",
+                "tenants": {"acme": {"url": PG, "ssl_cert": files.cert}},
+            },
+        )
+    assert dict(caught.value.problems) == {
+        "tenancy.tenants.acme.ssl_key": "ssl_cert and ssl_key go together: set both or neither"
+    }

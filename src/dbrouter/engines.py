@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -27,6 +28,7 @@ from .parameters import (
 from .replicas.consistency import current_consistency, position_after_commit
 from .replicas.readonly import make_connections_read_only, read_only_by_connection
 from .settings import DatabaseSettings
+from .tls import libpq_parameters, ssl_context
 from .urls import is_postgresql, is_sqlite
 
 SessionFactory = async_sessionmaker[AsyncSession]
@@ -75,6 +77,8 @@ def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
             connect_args["options"] = libpq_options(
                 parameters, given if isinstance(given, str) else None
             )
+        if settings.ssl is not None:
+            connect_args.update(libpq_parameters(settings.ssl, **_tls_files(settings)))
         if settings.pgbouncer:
             connect_args["prepare_threshold"] = None  # no server-side prepared statements
     else:
@@ -89,6 +93,10 @@ def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
             server_settings["default_transaction_read_only"] = "on"
         if server_settings:
             connect_args["server_settings"] = server_settings
+        if settings.ssl == "disable":
+            connect_args["ssl"] = "disable"
+        elif settings.ssl is not None:
+            connect_args["ssl"] = ssl_context(settings.ssl, **_tls_files(settings))
         if settings.pgbouncer:
             # PgBouncer in transaction mode may hand each transaction another server
             # connection: prepared statements must not be cached or share names.
@@ -98,6 +106,10 @@ def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
     options["connect_args"] = connect_args
     options["url"] = url
     return options
+
+
+def _tls_files(settings: DatabaseSettings) -> dict[str, Path | None]:
+    return {"ca": settings.ssl_ca, "cert": settings.ssl_cert, "key": settings.ssl_key}
 
 
 def build_engine(settings: DatabaseSettings, *, name: str, **overrides: Any) -> AsyncEngine:

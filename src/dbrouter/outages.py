@@ -7,6 +7,7 @@ conflict the application has to handle itself.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterator
 
 from sqlalchemy import exc as sa_exc
@@ -30,6 +31,9 @@ def outage_reason(exc: BaseException) -> str | None:
     for cause in _chain(exc):
         if isinstance(cause, DBRouterError):
             return None  # our own errors say what they mean
+        tls = tls_failure(cause)
+        if tls is not None:
+            return tls
         if isinstance(cause, (TimeoutError, asyncio.TimeoutError)):
             return "connecting timed out"
         if isinstance(cause, ConnectionError):
@@ -100,6 +104,33 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         current = current.__cause__ or current.__context__
+
+
+# -- TLS ----------------------------------------------------------------------------------
+
+# libpq's words for a failed TLS set-up -> the reason; the message itself may name hosts.
+_LIBPQ_TLS = (
+    ("certificate verify failed", "TLS: the server's certificate was not accepted"),
+    ("does not match host name", "TLS: the server's certificate is not for this host name"),
+    ("server does not support SSL", "TLS: the server does not offer TLS"),
+    ("root certificate file", "TLS: the authorities' certificate file could not be read"),
+    ("SSL error:", "TLS: the handshake with the server failed"),
+)
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """Why TLS with the server failed, when *exc* (one exception, not its causes) says so."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # OpenSSL's verdict, such as "Hostname mismatch, certificate is not valid for 'x'".
+        return f"TLS: the server's certificate was not accepted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return "TLS: the handshake with the server failed"
+    if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
+        return "TLS: the server does not offer TLS"  # asyncpg's words
+    if _is_psycopg_operational_error(exc) and "FATAL:" not in str(exc):
+        message = str(exc)
+        return next((reason for words, reason in _LIBPQ_TLS if words in message), None)
+    return None
 
 
 # -- a statement cancelled by the server ----------------------------------------------------

@@ -11,9 +11,11 @@ import re
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -34,6 +36,7 @@ from sqlalchemy.engine import URL
 
 from .errors import ConfigurationError
 from .parameters import MAX_TIMEOUT, SEARCH_PATH, check_server_settings
+from .tls import SSLMode, readable_file, tls_problems
 from .urls import parse_url, render
 
 __all__ = [
@@ -59,12 +62,21 @@ Timeout = Annotated[float, Field(gt=0, le=MAX_TIMEOUT)]
 ServerSettings = Annotated[dict[str, str], BeforeValidator(check_server_settings)]
 """PostgreSQL run-time parameters by name; names and values checked, names lowercase."""
 
+CertificateFile = Annotated[Path, AfterValidator(readable_file)]
+"""A file of the TLS settings: it must exist and be readable when the settings are built."""
+
 _CONNECTION_KEYS = (
     "statement_timeout",
     "idle_in_transaction_timeout",
+    "ssl",
+    "ssl_ca",
+    "ssl_cert",
+    "ssl_key",
     "server_settings",
 )
 """The keys of `DatabaseSettings` that tenant databases inherit from ``tenancy``."""
+_TLS_FILES = ("ssl_ca", "ssl_cert", "ssl_key")
+_TLS_QUERY_KEYS = ("ssl", "sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword")
 
 DEFAULT_TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$")
@@ -145,6 +157,17 @@ class DatabaseSettings(_Model):
     idle_in_transaction_timeout: Timeout | None = None
     """Seconds a session may sit idle inside a transaction before the server ends it
     (PostgreSQL's ``idle_in_transaction_session_timeout``; none: the server's own setting)."""
+    ssl: SSLMode | None = None
+    """TLS: ``disable``, ``require`` (encrypted, certificate unchecked), ``verify-ca``
+    (signed by ``ssl_ca``) or ``verify-full`` (and issued for the URL's host); none: the
+    driver's default, ``prefer``."""
+    ssl_ca: CertificateFile | None = None
+    """File of the authorities the server's certificate must be signed by; ``verify-full``
+    without it trusts the system's authorities."""
+    ssl_cert: CertificateFile | None = None
+    """File of the client certificate presented to the server, with ``ssl_key``."""
+    ssl_key: CertificateFile | None = None
+    """File of the client certificate's private key (not encrypted)."""
     server_settings: ServerSettings = Field(default_factory=dict)
     """Other PostgreSQL run-time parameters set on every connection, such as
     ``{"lock_timeout": "5s", "jit": "off"}``."""
@@ -154,6 +177,12 @@ class DatabaseSettings(_Model):
         options = {key: getattr(self, key) for key in _CONNECTION_KEYS}
         problems = _connection_problems(options, self.url.get_backend_name())
         query = self.url.query
+        if any(options[key] for key in ("ssl", "ssl_ca", "ssl_cert", "ssl_key")):
+            problems += [
+                ("ssl", f"the URL sets {name} too; configure TLS in one place")
+                for name in _TLS_QUERY_KEYS
+                if name in query
+            ]
         if "application_name" in self.server_settings and "application_name" in query:
             problems.append(
                 (
@@ -179,6 +208,14 @@ class TenantSettings(_Model):
     """Overrides ``tenancy.statement_timeout`` for this tenant."""
     idle_in_transaction_timeout: Timeout | None = None
     """Overrides ``tenancy.idle_in_transaction_timeout`` for this tenant."""
+    ssl: SSLMode | None = None
+    """Overrides ``tenancy.ssl`` for this tenant."""
+    ssl_ca: CertificateFile | None = None
+    """Overrides ``tenancy.ssl_ca`` for this tenant."""
+    ssl_cert: CertificateFile | None = None
+    """Overrides ``tenancy.ssl_cert`` for this tenant."""
+    ssl_key: CertificateFile | None = None
+    """Overrides ``tenancy.ssl_key`` for this tenant."""
     server_settings: ServerSettings | None = None
     """Added to ``tenancy.server_settings`` for this tenant, its values winning."""
 
@@ -224,17 +261,32 @@ class TenancySettings(_Model):
     """``database`` strategy: ``statement_timeout`` of every tenant's database."""
     idle_in_transaction_timeout: Timeout | None = None
     """``database`` strategy: ``idle_in_transaction_timeout`` of every tenant's database."""
+    ssl: SSLMode | None = None
+    """``database`` strategy: the TLS mode of every tenant's database."""
+    ssl_ca: CertificateFile | None = None
+    """``database`` strategy: ``ssl_ca`` of every tenant's database."""
+    ssl_cert: CertificateFile | None = None
+    """``database`` strategy: ``ssl_cert`` of every tenant's database."""
+    ssl_key: CertificateFile | None = None
+    """``database`` strategy: ``ssl_key`` of every tenant's database."""
     server_settings: ServerSettings = Field(default_factory=dict)
     """``database`` strategy: ``server_settings`` of every tenant's database."""
 
     def tenant_connection(self, tenant: TenantSettings) -> dict[str, Any]:
-        """The timeouts and server settings of *tenant*'s database: each key the
-        tenant sets, else the tenancy's; ``server_settings`` merged, the tenant's winning."""
+        """The timeouts, TLS and server settings of *tenant*'s database: each key the
+        tenant sets, else the tenancy's; ``server_settings`` merged, the tenant's winning.
+
+        A tenant whose own ``ssl`` is ``disable`` inherits no TLS file, and one whose own
+        ``ssl`` is ``require`` no ``ssl_ca``: they would not apply.
+        """
         options = {
             key: getattr(self, key) if getattr(tenant, key) is None else getattr(tenant, key)
             for key in _CONNECTION_KEYS
         }
         options["server_settings"] = {**self.server_settings, **(tenant.server_settings or {})}
+        unused = {"disable": _TLS_FILES, "require": ("ssl_ca",)}.get(tenant.ssl or "", ())
+        for key in unused:
+            options[key] = getattr(tenant, key)
         return options
 
     @model_validator(mode="after")
@@ -476,7 +528,7 @@ def _problems(problems: list[tuple[str, str]]) -> ConfigurationError:
 
 
 def _connection_problems(options: Mapping[str, Any], backend: str) -> list[tuple[str, str]]:
-    """What is wrong with a database's timeouts and server settings, on *backend*."""
+    """What is wrong with a database's timeouts, TLS and server settings, on *backend*."""
     if backend != "postgresql":
         kind = "SQLite" if backend == "sqlite" else backend
         return [
@@ -484,7 +536,9 @@ def _connection_problems(options: Mapping[str, Any], backend: str) -> list[tuple
             for key in _CONNECTION_KEYS
             if options[key]
         ]
-    return []
+    return tls_problems(
+        options["ssl"], ca=options["ssl_ca"], cert=options["ssl_cert"], key=options["ssl_key"]
+    )
 
 
 def _listing(names: set[str] | frozenset[str]) -> str:
