@@ -23,6 +23,8 @@ from tests.tenant_setup import tenant_databases
 
 DRIVERS = ["asyncpg", "psycopg"]
 Session = Annotated[AsyncSession, Depends(get_db("primary"))]
+NOTE = "100% it's a \\ 'quoted'\tvalue"
+"""A value of a parameter of our own, with what quoting and escaping could get wrong."""
 
 
 def with_driver(url: str, driver: str) -> str:
@@ -194,6 +196,7 @@ async def test_server_settings_are_set_on_every_connection(pg_url: str, driver: 
                     "jit": False,
                     "application_name": "billing api",
                     "work_mem": "8MB",
+                    "dbrouter.note": NOTE,
                 },
                 "statement_timeout": 2.5,
                 "idle_in_transaction_timeout": 60,
@@ -209,9 +212,10 @@ async def test_server_settings_are_set_on_every_connection(pg_url: str, driver: 
             "work_mem",
             "statement_timeout",
             "idle_in_transaction_session_timeout",
+            "dbrouter.note",
         )
         answers = await asyncio.gather(*(shown(router, *names) for _ in range(5)))
-        expected = ["1234ms", "off", "billing api", "8MB", "2500ms", "1min"]
+        expected = ["1234ms", "off", "billing api", "8MB", "2500ms", "1min", NOTE]
         assert answers == [expected] * 5
         assert router.engine().sync_engine.pool.checkedin() >= 2  # type: ignore[attr-defined]
 
@@ -280,19 +284,23 @@ async def test_options_through_pgbouncer_hold_for_every_transaction(
         "pool_size": 10,
         "max_overflow": 0,
         "statement_timeout": 0.4,
-        "server_settings": {"lock_timeout": "3s", "application_name": "through bouncer"},
+        "server_settings": {
+            "lock_timeout": "3s",
+            "application_name": "through bouncer",
+            "dbrouter.note": NOTE,
+        },
     }
     router = DatabaseRouter(
         RouterSettings(
             databases={"primary": options, "replica": {**options, "replica_of": "primary"}}
         )
     )
-    names = ("lock_timeout", "statement_timeout", "application_name")
+    names = ("lock_timeout", "statement_timeout", "application_name", "dbrouter.note")
     async with router:
         # Ten client connections over three server connections: every transaction gets
         # the settings, whichever server connection it lands on.
         answers = await asyncio.gather(*(shown(router, *names) for _ in range(30)))
-        assert answers == [["3s", "400ms", "through bouncer"]] * 30
+        assert answers == [["3s", "400ms", "through bouncer", NOTE]] * 30
         async with router.session("replica") as session:
             assert await session.scalar(text("SHOW transaction_read_only")) == "on"
             assert await session.scalar(text("SHOW lock_timeout")) == "3s"
