@@ -23,7 +23,13 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from dbrouter import DatabaseRouter, DatabaseUnavailableError, RouterSettings
-from dbrouter.outages import FailureReason, as_unavailable, classify, outage_reason
+from dbrouter.outages import (
+    FailureReason,
+    as_unavailable,
+    classify,
+    outage_reason,
+    server_outage,
+)
 from tests.conftest import serve
 from tests.support.auth import create_role, require_password
 from tests.support.postgres import HOST, PostgresServer, free_port, running_server
@@ -114,7 +120,7 @@ EXPECTED: dict[str, tuple[str | None, str | None, str | None]] = {
     ),
     "refused": ("unreachable", None, "unreachable"),
     "unknown_host": ("unreachable", None, "unreachable"),
-    "tls_refused": ("TLS", None, "TLS failed"),
+    "tls_refused": ("TLS", None, "TLS: the server does not offer TLS"),
     "silent": ("timeout", None, "no answer within connect_timeout"),
 }
 
@@ -316,8 +322,12 @@ async def test_statement_failures_are_told_apart(driver: Driver, pg_url: str) ->
     assert classify(forbidden) == FailureReason("permission denied", "42501")
     assert isinstance(cancelled, Exception)
     assert classify(cancelled) == FailureReason("cancelled", "57014")
-    for failure in (read_only, too_slow, forbidden, cancelled):
+    for failure in (read_only, forbidden, cancelled):
         assert outage_reason(failure) is None  # the application's to handle, not a 503
+    # A statement past statement_timeout is answered 503 with Retry-After, yet the server is
+    # up: no outage, and no replica would leave rotation for it.
+    assert isinstance(too_slow, DatabaseUnavailableError)
+    assert not server_outage(too_slow)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -24,6 +25,12 @@ from .databases import Availability, Database, GuardedSession, SessionFactory
 from .errors import RouterClosedError
 from .events import EngineBuilt, EngineDisposed, EngineKind, EventBus
 from .lifecycle import Lifecycle, State
+from .parameters import (
+    PER_TRANSACTION_PLUGIN,
+    libpq_options,
+    run_time_parameters,
+    split_for_pgbouncer,
+)
 from .replicas.consistency import current_consistency, position_after_commit
 from .replicas.readonly import (
     make_connections_read_only,
@@ -31,6 +38,7 @@ from .replicas.readonly import (
     read_only_sessionmaker,
 )
 from .settings import DatabaseSettings
+from .tls import libpq_parameters, ssl_context
 from .urls import is_postgresql, is_sqlite
 
 __all__ = [
@@ -67,11 +75,26 @@ def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
             pool_timeout=settings.pool_timeout,
         )
     driver = url.get_driver_name()
+    parameters = run_time_parameters(settings)
+    if settings.pgbouncer:
+        parameters, per_transaction = split_for_pgbouncer(parameters)
+        if per_transaction:
+            options["plugins"] = [PER_TRANSACTION_PLUGIN]
+            options[PER_TRANSACTION_PLUGIN] = per_transaction
     if is_postgresql(url) and driver == "psycopg":
         # libpq counts whole seconds, and treats anything under 2 as 2.
         connect_args["connect_timeout"] = max(2, math.ceil(settings.connect_timeout))
         if "application_name" not in url.query:
             connect_args["application_name"] = f"dbrouter:{name}"[:63]
+        if "application_name" in parameters:
+            connect_args["application_name"] = parameters.pop("application_name")
+        if parameters:
+            given = url.query.get("options")
+            connect_args["options"] = libpq_options(
+                parameters, given if isinstance(given, str) else None
+            )
+        if settings.ssl is not None:
+            connect_args.update(libpq_parameters(settings.ssl, **_tls_files(settings)))
         if settings.pgbouncer:
             connect_args["prepare_threshold"] = None  # no server-side prepared statements
     else:
@@ -80,11 +103,16 @@ def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
         server_settings: dict[str, str] = {}
         if "application_name" not in url.query:
             server_settings["application_name"] = f"dbrouter:{name}"[:63]
+        server_settings.update(parameters)
         if read_only_by_connection(settings):
             # Sent when connecting: every transaction on a replica is read-only, for free.
             server_settings["default_transaction_read_only"] = "on"
         if server_settings:
             connect_args["server_settings"] = server_settings
+        if settings.ssl == "disable":
+            connect_args["ssl"] = "disable"
+        elif settings.ssl is not None:
+            connect_args["ssl"] = ssl_context(settings.ssl, **_tls_files(settings))
         if settings.pgbouncer:
             # PgBouncer in transaction mode may hand each transaction another server
             # connection: prepared statements must not be cached or share names.
@@ -94,6 +122,10 @@ def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
     options["connect_args"] = connect_args
     options["url"] = url
     return options
+
+
+def _tls_files(settings: DatabaseSettings) -> dict[str, Path | None]:
+    return {"ca": settings.ssl_ca, "cert": settings.ssl_cert, "key": settings.ssl_key}
 
 
 class EngineFactory:

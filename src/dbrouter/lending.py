@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from .databases import Database, GuardedSession
 from .errors import RouterClosedError
 from .events import CheckoutTimedOut
-from .outages import as_unavailable, budget_exhausted, server_outage
+from .outages import as_cancelled_statement, as_unavailable, budget_exhausted, server_outage
 from .replicas.readonly import ReplicaSession
 
 __all__ = ["LentSession", "Route", "SessionMaker"]
@@ -151,6 +151,9 @@ class LentSession:
             events.emit(CheckoutTimedOut(database.name))
         unavailable = as_unavailable(exc, database.name)
         if unavailable is None:
+            cancelled = as_cancelled_statement(exc, database.name)
+            if cancelled is not None:
+                raise cancelled from exc  # the server is fine: no outage to report
             return
         if self._on_outage is not None:
             if not budget_exhausted(unavailable):

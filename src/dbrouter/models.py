@@ -14,8 +14,8 @@ from sqlalchemy import DateTime, MetaData, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
 
 __all__ = [
-    "Base",
     "NAMING_CONVENTION",
+    "Base",
     "TimestampMixin",
 ]
 

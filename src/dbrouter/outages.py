@@ -26,11 +26,13 @@ from .errors import BudgetExhaustedError, DatabaseUnavailableError, DBRouterErro
 __all__ = [
     "FailureKind",
     "FailureReason",
+    "as_cancelled_statement",
     "as_unavailable",
     "budget_exhausted",
     "classify",
     "outage_reason",
     "server_outage",
+    "tls_failure",
 ]
 
 FailureKind = Literal[
@@ -84,15 +86,16 @@ class FailureReason:
     sqlstate: str | None = None
     """The PostgreSQL error code, when the server sent one."""
     detail: str | None = None
-    """For ``other``, the exception's class name; for ``unavailable``, dbrouter's reason."""
+    """For ``other``, the exception's class name; for ``unavailable``, dbrouter's reason; for
+    ``TLS``, which part of it failed (the certificate, the host name, no TLS offered)."""
 
     @property
     def text(self) -> str:
         """The reason as a short phrase: ``authentication failed (SQLSTATE 28P01)``."""
         if self.kind == "other":
             phrase = f"other error: {self.detail}"
-        elif self.kind == "unavailable":
-            phrase = self.detail or "unavailable"
+        elif self.kind in ("unavailable", "TLS"):
+            phrase = self.detail or _PHRASES.get(self.kind, "unavailable")
         else:
             phrase = _PHRASES[self.kind]
         return f"{phrase} (SQLSTATE {self.sqlstate})" if self.sqlstate else phrase
@@ -139,6 +142,14 @@ def classify(exc: BaseException) -> FailureReason:
 
 
 def _recognize(cause: BaseException, sqlstate: str | None) -> FailureReason | None:
+    reason = _recognize_kind(cause, sqlstate)
+    if reason is not None and reason.kind == "TLS" and reason.detail is None:
+        # Which part of TLS failed: the certificate, the host name, no TLS offered...
+        return FailureReason("TLS", reason.sqlstate, tls_failure(cause))
+    return reason
+
+
+def _recognize_kind(cause: BaseException, sqlstate: str | None) -> FailureReason | None:
     if isinstance(cause, BudgetExhaustedError):
         return FailureReason("connection budget exhausted")
     if isinstance(cause, DBRouterError):
@@ -362,3 +373,58 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         current = current.__cause__ or current.__context__
+
+
+# -- TLS ----------------------------------------------------------------------------------
+
+# libpq's words for a failed TLS set-up -> the reason; the message itself may name hosts.
+_LIBPQ_TLS = (
+    ("certificate verify failed", "TLS: the server's certificate was not accepted"),
+    ("does not match host name", "TLS: the server's certificate is not for this host name"),
+    ("server does not support SSL", "TLS: the server does not offer TLS"),
+    ("root certificate file", "TLS: the authorities' certificate file could not be read"),
+    ("SSL error:", "TLS: the handshake with the server failed"),
+)
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """Why TLS with the server failed, when *exc* (one exception, not its causes) says so."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # OpenSSL's own verdict names the host: it is not repeated.
+        if "hostname mismatch" in str(exc.verify_message).lower():
+            return "TLS: the server's certificate is not for this host name"
+        return "TLS: the server's certificate was not accepted"
+    if isinstance(exc, ssl.SSLError):
+        return "TLS: the handshake with the server failed"
+    if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
+        return "TLS: the server does not offer TLS"  # asyncpg's words
+    if _is_psycopg_operational_error(exc) and "FATAL:" not in str(exc):
+        message = str(exc)
+        return next((reason for words, reason in _LIBPQ_TLS if words in message), None)
+    return None
+
+
+# -- a statement cancelled by the server ----------------------------------------------------
+
+# SQLSTATE 57014 query_canceled: statement_timeout ran out, or someone cancelled it.
+_QUERY_CANCELED = "57014"
+
+
+def as_cancelled_statement(exc: BaseException, name: str) -> DatabaseUnavailableError | None:
+    """*exc* as a `DatabaseUnavailableError` for database *name* when the server cancelled
+    a statement (``statement_timeout``), else None.
+
+    Not an outage: the server is up and the connection stays usable once the transaction
+    is rolled back, so no replica leaves rotation for it. The request still gets 503 with
+    ``Retry-After``, like every answer that the database could not serve it in time.
+    """
+    for cause in _chain(exc):
+        if isinstance(cause, DBRouterError):
+            return None
+        if getattr(cause, "sqlstate", None) == _QUERY_CANCELED:
+            error = DatabaseUnavailableError(
+                name, "the server cancelled a statement (statement_timeout or a cancel request)"
+            )
+            error.__cause__ = exc
+            return error
+    return None

@@ -12,9 +12,12 @@ import os
 import re
 import types
 import typing
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -35,16 +38,18 @@ from pydantic_settings import (
 from sqlalchemy.engine import URL
 
 from .errors import ConfigurationError
+from .parameters import MAX_TIMEOUT, SEARCH_PATH, check_server_settings
+from .tls import SSLMode, readable_file, tls_problems
 from .urls import is_sqlite, parse_url, render
 
 __all__ = [
     "DEFAULT_TENANT_ID_PATTERN",
-    "DatabaseSettings",
     "REPLICA_KEYS",
-    "ReplicaHostSettings",
-    "RouterSettings",
     "SECRET",
     "STRATEGY_KEYS",
+    "DatabaseSettings",
+    "ReplicaHostSettings",
+    "RouterSettings",
     "SecretURL",
     "TenancySettings",
     "TenantSettings",
@@ -72,6 +77,28 @@ SecretURL = Annotated[
 """A database URL with an async driver, and the one type of every settings field that may
 hold a credential: its repr, str, ``model_dump()`` and ``model_dump_json()`` all show the
 password as ``***``. URL templates are of this type too (``{tenant}`` in the database name)."""
+
+Timeout = Annotated[float, Field(gt=0, le=MAX_TIMEOUT)]
+"""Seconds, for a PostgreSQL timeout (at most 2^31 - 1 milliseconds)."""
+
+ServerSettings = Annotated[dict[str, str], BeforeValidator(check_server_settings)]
+"""PostgreSQL run-time parameters by name; names and values checked, names lowercase."""
+
+CertificateFile = Annotated[Path, AfterValidator(readable_file)]
+"""A file of the TLS settings: it must exist and be readable when the settings are built."""
+
+_CONNECTION_KEYS = (
+    "statement_timeout",
+    "idle_in_transaction_timeout",
+    "ssl",
+    "ssl_ca",
+    "ssl_cert",
+    "ssl_key",
+    "server_settings",
+)
+"""The keys of `DatabaseSettings` that tenant databases inherit from ``tenancy``."""
+_TLS_FILES = ("ssl_ca", "ssl_cert", "ssl_key")
+_TLS_QUERY_KEYS = ("ssl", "sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword")
 
 DEFAULT_TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$")
@@ -152,6 +179,48 @@ class DatabaseSettings(_Model):
     pgbouncer: bool = False
     """The database is reached through PgBouncer in transaction mode (no prepared-statement
     cache, unique statement names)."""
+    statement_timeout: Timeout | None = None
+    """Seconds a statement may run before the server cancels it; the request gets 503
+    (PostgreSQL's ``statement_timeout``; none: the server's own setting)."""
+    idle_in_transaction_timeout: Timeout | None = None
+    """Seconds a session may sit idle inside a transaction before the server ends it
+    (PostgreSQL's ``idle_in_transaction_session_timeout``; none: the server's own setting)."""
+    ssl: SSLMode | None = None
+    """TLS: ``disable``, ``require`` (encrypted, certificate unchecked), ``verify-ca``
+    (signed by ``ssl_ca``) or ``verify-full`` (and issued for the URL's host); none: the
+    driver's default, ``prefer``."""
+    ssl_ca: CertificateFile | None = None
+    """File of the authorities the server's certificate must be signed by; ``verify-full``
+    without it trusts the system's authorities."""
+    ssl_cert: CertificateFile | None = None
+    """File of the client certificate presented to the server, with ``ssl_key``."""
+    ssl_key: CertificateFile | None = None
+    """File of the client certificate's private key (not encrypted)."""
+    server_settings: ServerSettings = Field(default_factory=dict)
+    """Other PostgreSQL run-time parameters set on every connection, such as
+    ``{"lock_timeout": "5s", "jit": "off"}``."""
+
+    @model_validator(mode="after")
+    def _connection_options_apply(self) -> DatabaseSettings:
+        options = {key: getattr(self, key) for key in _CONNECTION_KEYS}
+        problems = _connection_problems(options, self.url.get_backend_name())
+        query = self.url.query
+        if any(options[key] for key in ("ssl", "ssl_ca", "ssl_cert", "ssl_key")):
+            problems += [
+                ("ssl", f"the URL sets {name} too; configure TLS in one place")
+                for name in _TLS_QUERY_KEYS
+                if name in query
+            ]
+        if "application_name" in self.server_settings and "application_name" in query:
+            problems.append(
+                (
+                    "server_settings.application_name",
+                    "the URL sets application_name too; set it in one place",
+                )
+            )
+        if problems:
+            raise _problems(problems)
+        return self
 
     @model_validator(mode="after")
     def _keys_apply(self) -> DatabaseSettings:
@@ -182,6 +251,20 @@ class TenantSettings(_Model):
     """Overrides ``tenancy.pool_size`` for this tenant."""
     max_overflow: int | None = Field(default=None, ge=0)
     """Overrides ``tenancy.max_overflow`` for this tenant."""
+    statement_timeout: Timeout | None = None
+    """Overrides ``tenancy.statement_timeout`` for this tenant."""
+    idle_in_transaction_timeout: Timeout | None = None
+    """Overrides ``tenancy.idle_in_transaction_timeout`` for this tenant."""
+    ssl: SSLMode | None = None
+    """Overrides ``tenancy.ssl`` for this tenant."""
+    ssl_ca: CertificateFile | None = None
+    """Overrides ``tenancy.ssl_ca`` for this tenant."""
+    ssl_cert: CertificateFile | None = None
+    """Overrides ``tenancy.ssl_cert`` for this tenant."""
+    ssl_key: CertificateFile | None = None
+    """Overrides ``tenancy.ssl_key`` for this tenant."""
+    server_settings: ServerSettings | None = None
+    """Added to ``tenancy.server_settings`` for this tenant, its values winning."""
 
 
 class TenancySettings(_Model):
@@ -221,6 +304,68 @@ class TenancySettings(_Model):
     """Seconds a request waits for a connection of its tenant's pool, then 503."""
     connect_timeout: float = Field(default=10.0, gt=0)
     """Seconds to wait for a new connection to a tenant's database."""
+    statement_timeout: Timeout | None = None
+    """``database`` strategy: ``statement_timeout`` of every tenant's database."""
+    idle_in_transaction_timeout: Timeout | None = None
+    """``database`` strategy: ``idle_in_transaction_timeout`` of every tenant's database."""
+    ssl: SSLMode | None = None
+    """``database`` strategy: the TLS mode of every tenant's database."""
+    ssl_ca: CertificateFile | None = None
+    """``database`` strategy: ``ssl_ca`` of every tenant's database."""
+    ssl_cert: CertificateFile | None = None
+    """``database`` strategy: ``ssl_cert`` of every tenant's database."""
+    ssl_key: CertificateFile | None = None
+    """``database`` strategy: ``ssl_key`` of every tenant's database."""
+    server_settings: ServerSettings = Field(default_factory=dict)
+    """``database`` strategy: ``server_settings`` of every tenant's database."""
+
+    def tenant_connection(self, tenant: TenantSettings) -> dict[str, Any]:
+        """The timeouts, TLS and server settings of *tenant*'s database: each key the
+        tenant sets, else the tenancy's; ``server_settings`` merged, the tenant's winning.
+
+        A tenant whose own ``ssl`` is ``disable`` inherits no TLS file, and one whose own
+        ``ssl`` is ``require`` no ``ssl_ca``: they would not apply.
+        """
+        options = {
+            key: getattr(self, key) if getattr(tenant, key) is None else getattr(tenant, key)
+            for key in _CONNECTION_KEYS
+        }
+        options["server_settings"] = {**self.server_settings, **(tenant.server_settings or {})}
+        unused = {"disable": _TLS_FILES, "require": ("ssl_ca",)}.get(tenant.ssl or "", ())
+        for key in unused:
+            options[key] = getattr(tenant, key)
+        return options
+
+    @model_validator(mode="after")
+    def _tenant_connections_apply(self) -> TenancySettings:
+        own = {key: getattr(self, key) for key in _CONNECTION_KEYS}
+        if self.strategy == "schema":
+            shared = (
+                "the schema strategy's tenants share the connections of the schema database; "
+                "set it on that database (databases.<name>)"
+            )
+            problems = [(key, shared) for key, value in own.items() if value]
+            for tenant, settings in self.tenants.items():
+                problems += [
+                    (f"tenants.{tenant}.{key}", shared)
+                    for key in _CONNECTION_KEYS
+                    if getattr(settings, key)
+                ]
+        else:
+            problems = _connection_problems(own, "postgresql")
+            for tenant, settings in self.tenants.items():
+                if problems:
+                    break  # the tenants' own problems would only repeat these
+                backend = "postgresql" if settings.url is None else settings.url.get_backend_name()
+                for key, message in _connection_problems(
+                    self.tenant_connection(settings), backend
+                ):
+                    if not getattr(settings, key) and getattr(self, key):
+                        message = f"inherited from tenancy: {message}"
+                    problems.append((f"tenants.{tenant}.{key}", message))
+        if problems:
+            raise _problems(problems)
+        return self
 
     @field_validator("id_pattern")
     @classmethod
@@ -452,6 +597,21 @@ class RouterSettings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _schema_tenants_keep_their_search_path(self) -> RouterSettings:
+        tenancy = self.tenancy
+        if tenancy is None or tenancy.strategy != "schema":
+            return self
+        holder = tenancy.schema_database or self.default_database
+        database = self.databases.get(holder)
+        if database is not None and SEARCH_PATH in database.server_settings:
+            raise _problem(
+                f"databases.{holder}.server_settings.{SEARCH_PATH}",
+                "cannot be set on the database that holds the tenants' schemas: the schema "
+                "strategy pins each transaction's search_path to its tenant's schema",
+            )
+        return self
+
 
 class _OwnDotEnvSource(DotEnvSettingsSource):
     """``.env`` entries with the ``DBROUTER_`` prefix only.
@@ -503,6 +663,25 @@ _JSON_KEYS = frozenset({"hosts", "tenants", "databases", "tenancy", "server_sett
 
 def _problem(key: str, message: str) -> ConfigurationError:
     return ConfigurationError(f"{key}: {message}", problems=[(key, message)])
+
+
+def _problems(problems: list[tuple[str, str]]) -> ConfigurationError:
+    summary = "; ".join(f"{key}: {message}" for key, message in problems)
+    return ConfigurationError(summary, problems=problems)
+
+
+def _connection_problems(options: Mapping[str, Any], backend: str) -> list[tuple[str, str]]:
+    """What is wrong with a database's timeouts, TLS and server settings, on *backend*."""
+    if backend != "postgresql":
+        kind = "SQLite" if backend == "sqlite" else backend
+        return [
+            (key, f"only applies to PostgreSQL databases; this one is {kind}")
+            for key in _CONNECTION_KEYS
+            if options[key]
+        ]
+    return tls_problems(
+        options["ssl"], ca=options["ssl_ca"], cert=options["ssl_cert"], key=options["ssl_key"]
+    )
 
 
 def _listing(names: set[str] | frozenset[str]) -> str:

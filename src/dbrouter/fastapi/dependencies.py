@@ -19,8 +19,8 @@ from .errors import http_error
 __all__ = [
     "DATABASE_ATTRIBUTE",
     "STATE_KEY",
-    "SessionDependency",
     "TENANT_MARK",
+    "SessionDependency",
     "get_db",
     "get_tenant",
     "get_tenant_db",

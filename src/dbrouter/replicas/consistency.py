@@ -21,10 +21,10 @@ from sqlalchemy.util import await_only
 from .lsn import format_lsn, parse_lsn
 
 __all__ = [
-    "Mark",
-    "RequestConsistency",
     "TOKEN_COOKIE",
     "TOKEN_HEADER",
+    "Mark",
+    "RequestConsistency",
     "before_page_header",
     "current_consistency",
     "format_token",

@@ -230,6 +230,7 @@ class DatabaseTenancy:
             ),
             pool_timeout=tenancy.pool_timeout,
             connect_timeout=tenancy.connect_timeout,
+            **tenancy.tenant_connection(settings),
         )
         return self._factory.build(f"tenant:{tenant}", database_settings, kind="tenant")
 
