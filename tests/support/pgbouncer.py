@@ -38,7 +38,13 @@ from .postgres import (
     free_port,
 )
 
-__all__ = ["PGBOUNCER_ENV", "Unavailable", "find_pgbouncer", "running_pgbouncer"]
+__all__ = [
+    "PGBOUNCER_ENV",
+    "Unavailable",
+    "describe_pgbouncer",
+    "find_pgbouncer",
+    "running_pgbouncer",
+]
 
 PGBOUNCER_ENV = "DBROUTER_TEST_PGBOUNCER"
 _PACKAGES = ("pgbouncer", "libc-ares2")
@@ -62,12 +68,32 @@ def find_pgbouncer() -> PgBouncerProgram:
     configured = os.environ.get(PGBOUNCER_ENV)
     if configured:
         return PgBouncerProgram(Path(configured))
-    found = shutil.which("pgbouncer") or (
-        "/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK) else None
-    )
+    found = _on_this_machine()
     if found:
         return PgBouncerProgram(Path(found))
     return _fetched()
+
+
+def describe_pgbouncer() -> str:
+    """Which PgBouncer `find_pgbouncer` would run, for people; fetches nothing."""
+    configured = os.environ.get(PGBOUNCER_ENV)
+    if configured:
+        return f"{configured} (named by ${PGBOUNCER_ENV})"
+    found = _on_this_machine()
+    if found:
+        return f"{found} (on this machine)"
+    cache = _cache_dir() / "pgbouncer" / "root"
+    if (cache / _PROGRAM).exists():
+        return f"Debian's package, unpacked in {cache}"
+    if shutil.which("apt-get") and shutil.which("dpkg-deb"):
+        return "Debian's package, fetched with `apt-get download` when its tests start"
+    return f"none, so its tests fail (install PgBouncer or set {PGBOUNCER_ENV})"
+
+
+def _on_this_machine() -> str | None:
+    return shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK) else None
+    )
 
 
 def _fetched() -> PgBouncerProgram:
