@@ -34,7 +34,8 @@ import inspect
 import itertools
 import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -348,25 +349,76 @@ def test_every_driver_has_its_block(document: str, marker: str) -> None:
     assert len(matches) == 1, f"{marker!r} should be in one block of {document}: {matches}"
 
 
+def the_block(document: str, marker: str, *, skipped: bool = False) -> CodeBlock:
+    """The one ```python block of *document* that holds *marker*."""
+    blocks = [
+        block
+        for path in DOCUMENTS
+        for block in code_blocks(path)
+        if path.name == document and marker in block.source and block.skipped == skipped
+    ]
+    assert len(blocks) == 1, f"{marker!r} should be in one block of {document}"
+    return blocks[0]
+
+
+@asynccontextmanager
+async def served_on_postgresql(
+    block: CodeBlock, source: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Run *source* (*block* made to use the suite's server) and serve its app."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compiled(block, source), namespace)
+    try:
+        async with serve(namespace["app"]) as client:
+            yield client
+    finally:
+        await namespace["router"].dispose()
+
+
+def a_token(response: httpx.Response) -> dict[str, str]:
+    """The consistency token of *response*, as headers that send it back."""
+    token = response.headers["X-Consistency-Token"]
+    assert re.fullmatch(r"primary:[0-9A-F]+/[0-9A-F]+", token), token
+    return {"X-Consistency-Token": token}
+
+
 async def test_the_orders_app_of_the_readme_on_postgresql(
     pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The README's app as written, on PostgreSQL: what it says of consistency tokens."""
-    monkeypatch.chdir(tmp_path)
-    [block] = [b for b in BLOCKS if b.path.name == "README.md" and "/orders/count" in b.source]
+    block = the_block("README.md", '@app.get("/orders/count")')
     assert block.source.count('"sqlite:///./app.db"') == 2
-    namespace: dict[str, Any] = {"__name__": "__main__"}
-    exec(compiled(block, block.source.replace('"sqlite:///./app.db"', repr(pg_url))), namespace)
-    try:
-        async with serve(namespace["app"]) as client:
-            await orders(client)
-            placed = await client.post("/orders", json={"item": "coffee"})
-            token = placed.headers["X-Consistency-Token"]
-            assert re.fullmatch(r"primary:[0-9A-F]+/[0-9A-F]+", token), token
-            headers = {"X-Consistency-Token": token}
-            assert await answer(client, "/orders/count", headers=headers) == 2
-    finally:
-        await namespace["router"].dispose()
+    source = block.source.replace('"sqlite:///./app.db"', repr(pg_url))
+    async with served_on_postgresql(block, source, monkeypatch, tmp_path) as client:
+        await orders(client)
+        placed = await client.post("/orders", json={"item": "coffee"})
+        assert await answer(client, "/orders/count", headers=a_token(placed)) == 2
+
+
+async def test_the_worked_example_of_read_your_writes_on_postgresql(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    block = the_block("replicas.md", '@app.get("/notes")', skipped=True)
+    assert set(block.environment) == {
+        "DBROUTER_DATABASES__PRIMARY__URL",
+        "DBROUTER_DATABASES__REPLICA__URL",
+        "DBROUTER_DATABASES__REPLICA__REPLICA_OF",
+    }
+    for key in list(os.environ):
+        if key.upper().startswith("DBROUTER_"):
+            monkeypatch.delenv(key)
+    # The replica is the primary's own database: it leaves rotation, not being a standby,
+    # and its reads go to the primary.
+    monkeypatch.setenv("DBROUTER_DATABASES__PRIMARY__URL", pg_url)
+    monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__URL", pg_url)
+    monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__REPLICA_OF", "primary")
+    async with served_on_postgresql(block, block.source, monkeypatch, tmp_path) as client:
+        written = await client.post("/notes", json={"text": "hello"})
+        assert written.status_code == 204, written.text
+        assert await answer(client, "/notes", headers=a_token(written)) == ["hello"]
+        client.cookies.clear()
+        assert await answer(client, "/notes") == ["hello"]
 
 
 def fenced(path: Path, language: str) -> list[list[str]]:
