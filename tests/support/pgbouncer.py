@@ -153,7 +153,7 @@ def _runnable_copy(root: Path) -> Path:
     if account is None or _reachable_by(root / _PROGRAM, account):
         return root
     if root not in _runnable_copies:
-        # The cache of root lives under /root, out of the server account's reach.
+        # Root's cache sits in its home directory, out of the server account's reach.
         _registry.prepare()
         copy = Path(tempfile.mkdtemp(prefix="dbrouter-pgbouncer-", dir=_tmp_base()))
         _registry.add_dir(copy)
