@@ -16,7 +16,9 @@ PostgreSQL; the tenants are then whatever ``DBROUTER_TENANCY__...`` declares, if
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -33,6 +35,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from dbrouter import DatabaseRouter, RouterSettings, get_db, get_tenant_db
 from dbrouter.models import Base, TimestampMixin
 
+HOST = "127.0.0.1"
 DATA_DIR = Path(".demo-data")
 DEMO_TENANTS = ("acme", "globex")
 
@@ -191,17 +194,55 @@ settings = demo_settings()
 app = build_app(settings)
 
 
+def listen(port: int) -> socket.socket:
+    """A socket listening on 127.0.0.1:*port*, bound here so that a busy port is the first
+    thing the demo reports; `SystemExit` saying what to do when it cannot be had."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # As uvicorn does: a port left in TIME_WAIT by the last run can be bound again at once.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((HOST, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            reason = f"port {port} is already in use on {HOST}"
+        else:
+            reason = f"cannot listen on {HOST}:{port}: {exc.strerror or exc}"
+        raise SystemExit(
+            f"dbrouter demo: {reason}.\n"
+            f"Start it on another port with --port, e.g. ./scripts/demo --port {free_port()}"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_number(text: str) -> int:
+    """A TCP port given on the command line."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (1-65535): {text!r}")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve the demo on 127.0.0.1 after printing how to try it."""
     parser = argparse.ArgumentParser(description="Serve the dbrouter demo.")
     parser.add_argument(
         "--port",
-        type=int,
-        default=int(os.environ.get("DEMO_PORT", "8000")),
+        type=port_number,
+        default=os.environ.get("DEMO_PORT", "8000"),
         help="port to listen on (default: $DEMO_PORT or 8000)",
     )
     port = parser.parse_args(argv).port
-    base = f"http://127.0.0.1:{port}"
+    sock = listen(port)
+    base = f"http://{HOST}:{port}"
     if configured_by_environment():
         where = "the databases declared by the DBROUTER_* variables"
     else:
@@ -223,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         lines += [f"  curl {base}/tenant/notes -H 'X-Tenant-ID: {t}'" for t in tenants]
     print("\n".join(lines) + "\n", flush=True)
-    uvicorn.run(app, host="127.0.0.1", port=port)
+    uvicorn.Server(uvicorn.Config(app, host=HOST, port=port)).run(sockets=[sock])
 
 
 if __name__ == "__main__":

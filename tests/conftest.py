@@ -18,15 +18,49 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tests.support.postgres import PostgresServer, running_server
+from tests.support.pgbouncer import describe_pgbouncer
+from tests.support.postgres import PostgresServer, find_install, running_server
+
+POSTGRES_URL_ENV = "DBROUTER_TEST_POSTGRES_URL"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which PostgreSQL and which PgBouncer the run uses, at the top of its output."""
+    try:
+        install = find_install()
+    except RuntimeError as exc:
+        servers = f"no server programs found, so every test that needs them fails: {exc}"
+    else:
+        servers = (
+            f"throwaway servers of {install.version()} from {install.bindir}, {install.source}"
+        )
+    configured = os.environ.get(POSTGRES_URL_ENV)
+    if configured:
+        lines = [
+            f"postgresql: {shown_url(configured)} (from ${POSTGRES_URL_ENV})",
+            f"postgresql, for tests that stop, restart or replicate a server: {servers}",
+        ]
+    else:
+        lines = [f"postgresql: {servers}"]
+    return [*lines, f"pgbouncer: {describe_pgbouncer()}"]
+
+
+def shown_url(url: str) -> str:
+    """*url* with its password hidden, wherever it is written."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "(not a URL SQLAlchemy can read)"
+    return parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
 
 
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> Iterator[str]:
     """A superuser URL (``postgresql://...``) of the server every PostgreSQL test uses."""
-    configured = os.environ.get("DBROUTER_TEST_POSTGRES_URL")
+    configured = os.environ.get(POSTGRES_URL_ENV)
     if configured:
         yield configured
         return

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 
@@ -36,12 +38,28 @@ def test_bad_configuration_is_reported_without_a_traceback(
     assert "secret" not in error
 
 
-def test_the_console_script_is_installed() -> None:
+def test_python_m_dbrouter_is_the_command() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "dbrouter", "--help"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0
     assert "check" in result.stdout
+
+
+def test_the_console_script_is_installed_and_its_help_is_plain_text() -> None:
+    script = Path(sysconfig.get_path("scripts")) / "dbrouter"
+    assert script.is_file(), f"no console script {script}: is the project installed?"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    help_text = result.stdout
+    assert help_text.startswith("usage: dbrouter ")
+    assert "\ncommands:\n" in help_text, help_text
+    commands = help_text.split("\ncommands:\n", 1)[1].split("\n\n", 1)[0]
+    listed = [line.split()[0] for line in commands.splitlines()[1:]]
+    assert listed == ["check", "tenants"], help_text
+    assert "dbrouter tenants list" in help_text
+    # Text for a terminal: no reStructuredText or Markdown markup.
+    assert "`" not in help_text
 
 
 def test_tenants_list(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,10 +16,14 @@
      environment of the python block right after it.
    - A block may use top-level ``await``; it then runs in an event loop of its own.
    - If a block leaves a FastAPI ``app`` behind, the app's lifespan is started and stopped,
-     which checks that every ``get_db(...)`` it uses names a configured database.
+     which checks that every ``get_db(...)`` it uses names a configured database. An app
+     on SQLite that a reader can start as it is gets its endpoints called too (`DRIVERS`).
    - Every `DatabaseRouter` a block leaves behind is disposed.
 
 3. ``docs/errors.md`` shows every exception of the tree with its builtin base.
+
+The README's sample of ``dbrouter tenants list``, from its ``.env`` file, is what the
+command prints.
 """
 
 from __future__ import annotations
@@ -30,10 +34,13 @@ import inspect
 import itertools
 import os
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
@@ -49,7 +56,9 @@ from dbrouter import (
     RouterSettings,
     TenancySettings,
     TenantSettings,
+    cli,
 )
+from tests.conftest import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS_SOURCE = ROOT / "src" / "dbrouter" / "settings.py"
@@ -213,16 +222,27 @@ async def test_code_block_runs(
 
 
 def run_block(block: CodeBlock) -> None:
-    code = compile(
-        block.source, block.name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True
-    )
     namespace: dict[str, Any] = {"__name__": "__main__"}
-    result = eval(code, namespace)
-    asyncio.run(finish_block(result, namespace))
+    result = eval(compiled(block), namespace)
+    asyncio.run(finish_block(result, namespace, driver_of(block)))
 
 
-async def finish_block(result: Any, namespace: dict[str, Any]) -> None:
-    """Await a block's top-level code, start and stop its app, dispose its routers."""
+def compiled(block: CodeBlock, source: str | None = None) -> Any:
+    """The code of *block*, or of *source* in its place."""
+    return compile(
+        block.source if source is None else source,
+        block.name,
+        "exec",
+        flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+        dont_inherit=True,
+    )
+
+
+async def finish_block(
+    result: Any, namespace: dict[str, Any], driver: Driver | None = None
+) -> None:
+    """Await a block's top-level code, start and stop its app (calling its endpoints with
+    *driver*), dispose its routers."""
 
     def routers() -> list[DatabaseRouter]:
         # Looked up when needed: top-level await may create routers as the block runs.
@@ -232,12 +252,200 @@ async def finish_block(result: Any, namespace: dict[str, Any]) -> None:
         if inspect.iscoroutine(result):
             await result
         app = namespace.get("app")
-        if isinstance(app, FastAPI) and not any(router.closed for router in routers()):
+        if driver is not None:
+            assert isinstance(app, FastAPI), "a block with a driver leaves an app behind"
+            async with serve(app) as client:
+                await driver(client)
+        elif isinstance(app, FastAPI) and not any(router.closed for router in routers()):
             async with LifespanManager(app):
                 pass
     finally:
         for router in routers():
             await router.dispose()
+
+
+# -- 2b. the apps of the documents, their endpoints called ---------------------------------
+
+Driver = Callable[[httpx.AsyncClient], Awaitable[None]]
+
+
+async def answer(client: httpx.AsyncClient, path: str, **options: Any) -> Any:
+    """The JSON body of a successful ``GET`` of *path*."""
+    response = await client.get(path, **options)
+    assert response.status_code == 200, f"GET {path}: {response.status_code} {response.text}"
+    return response.json()
+
+
+async def orders(client: httpx.AsyncClient) -> None:
+    assert await answer(client, "/orders/count") == 0
+    placed = await client.post("/orders", json={"item": "tea"})
+    assert placed.status_code == 201, placed.text
+    assert await answer(client, "/orders/count") == 1
+
+
+async def visits(client: httpx.AsyncClient) -> None:
+    assert await answer(client, "/visits/count") == 0
+    recorded = await client.post("/visits", json={"page": "/pricing"})
+    assert recorded.status_code == 204, recorded.text
+    assert await answer(client, "/visits/count") == 1
+    assert (await answer(client, "/health/databases"))["status"] == "ok"
+
+
+async def customers(client: httpx.AsyncClient) -> None:
+    created = await client.post("/customers", json={"name": "Ada"})
+    assert created.status_code == 201, created.text
+    assert created.json() == {"id": 1, "name": "Ada"}
+
+
+async def projects(client: httpx.AsyncClient) -> None:
+    acme, globex = {"X-Tenant-ID": "acme"}, {"X-Tenant-ID": "globex"}
+    created = await client.post("/projects", params={"name": "apollo"}, headers=acme)
+    assert created.status_code == 201, created.text
+    assert created.json() == {"tenant": "acme", "project": "apollo"}
+    assert await answer(client, "/projects", headers=acme) == ["apollo"]
+    assert await answer(client, "/projects", headers=globex) == []
+    assert (await client.get("/projects")).status_code == 400
+
+
+async def now(client: httpx.AsyncClient) -> None:
+    assert re.match(r"\d{4}-\d\d-\d\d", await answer(client, "/now"))
+
+
+async def whoami(client: httpx.AsyncClient) -> None:
+    assert await answer(client, "/t/acme/whoami") == "acme"
+    assert (await client.get("/t/initech/whoami")).status_code == 404
+
+
+async def health(client: httpx.AsyncClient) -> None:
+    report = await answer(client, "/health/databases")
+    assert report["databases"]["primary"]["status"] == "up"
+
+
+# Each driver calls the endpoints of the one block of its document that holds its marker.
+DRIVERS: dict[tuple[str, str], Driver] = {
+    ("README.md", '@app.get("/orders/count")'): orders,
+    ("index.md", '@app.get("/visits/count")'): visits,
+    ("fastapi.md", '@app.post("/customers"'): customers,
+    ("fastapi.md", '@app.get("/now")'): now,
+    ("tenancy.md", '@app.get("/projects")'): projects,
+    ("tenancy.md", '@app.get("/t/{tenant}/whoami")'): whoami,
+    ("health.md", "# GET /health/databases"): health,
+}
+
+
+def driver_of(block: CodeBlock) -> Driver | None:
+    found = [
+        driver
+        for (document, marker), driver in DRIVERS.items()
+        if block.path.name == document and marker in block.source
+    ]
+    assert len(found) <= 1, f"{block.name} matches more than one driver"
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize(("document", "marker"), list(DRIVERS))
+def test_every_driver_has_its_block(document: str, marker: str) -> None:
+    matches = [b.name for b in BLOCKS if b.path.name == document and marker in b.source]
+    assert len(matches) == 1, f"{marker!r} should be in one block of {document}: {matches}"
+
+
+def the_block(document: str, marker: str, *, skipped: bool = False) -> CodeBlock:
+    """The one ```python block of *document* that holds *marker*."""
+    blocks = [
+        block
+        for path in DOCUMENTS
+        for block in code_blocks(path)
+        if path.name == document and marker in block.source and block.skipped == skipped
+    ]
+    assert len(blocks) == 1, f"{marker!r} should be in one block of {document}"
+    return blocks[0]
+
+
+@asynccontextmanager
+async def served_on_postgresql(
+    block: CodeBlock, source: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Run *source* (*block* made to use the suite's server) and serve its app."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compiled(block, source), namespace)
+    try:
+        async with serve(namespace["app"]) as client:
+            yield client
+    finally:
+        await namespace["router"].dispose()
+
+
+def a_token(response: httpx.Response) -> dict[str, str]:
+    """The consistency token of *response*, as headers that send it back."""
+    token = response.headers["X-Consistency-Token"]
+    assert re.fullmatch(r"primary:[0-9A-F]+/[0-9A-F]+", token), token
+    return {"X-Consistency-Token": token}
+
+
+async def test_the_orders_app_of_the_readme_on_postgresql(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The README's app as written, on PostgreSQL: what it says of consistency tokens."""
+    block = the_block("README.md", '@app.get("/orders/count")')
+    assert block.source.count('"sqlite:///./app.db"') == 2
+    source = block.source.replace('"sqlite:///./app.db"', repr(pg_url))
+    async with served_on_postgresql(block, source, monkeypatch, tmp_path) as client:
+        await orders(client)
+        placed = await client.post("/orders", json={"item": "coffee"})
+        assert await answer(client, "/orders/count", headers=a_token(placed)) == 2
+
+
+async def test_the_worked_example_of_read_your_writes_on_postgresql(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    block = the_block("replicas.md", '@app.get("/notes")', skipped=True)
+    assert set(block.environment) == {
+        "DBROUTER_DATABASES__PRIMARY__URL",
+        "DBROUTER_DATABASES__REPLICA__URL",
+        "DBROUTER_DATABASES__REPLICA__REPLICA_OF",
+    }
+    for key in list(os.environ):
+        if key.upper().startswith("DBROUTER_"):
+            monkeypatch.delenv(key)
+    # The replica is the primary's own database: it leaves rotation, not being a standby,
+    # and its reads go to the primary.
+    monkeypatch.setenv("DBROUTER_DATABASES__PRIMARY__URL", pg_url)
+    monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__URL", pg_url)
+    monkeypatch.setenv("DBROUTER_DATABASES__REPLICA__REPLICA_OF", "primary")
+    async with served_on_postgresql(block, block.source, monkeypatch, tmp_path) as client:
+        written = await client.post("/notes", json={"text": "hello"})
+        assert written.status_code == 204, written.text
+        assert await answer(client, "/notes", headers=a_token(written)) == ["hello"]
+        client.cookies.clear()
+        assert await answer(client, "/notes") == ["hello"]
+
+
+def fenced(path: Path, language: str) -> list[list[str]]:
+    """The lines of every ```*language* block of *path*."""
+    blocks: list[list[str]] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for index, line in enumerate(lines):
+        if line == f"```{language}":
+            end = next(i for i in range(index + 1, len(lines)) if lines[i].startswith("```"))
+            blocks.append(lines[index + 1 : end])
+    return blocks
+
+
+def test_the_readme_shows_what_dbrouter_tenants_list_prints(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's ``.env``, read from the working directory, and the command's output."""
+    readme = ROOT / "README.md"
+    [dotenv] = fenced(readme, "dotenv")
+    [sample] = [block for block in fenced(readme, "console") if "$ dbrouter tenants list" in block]
+    for key in list(os.environ):
+        if key.upper().startswith("DBROUTER_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("\n".join(dotenv) + "\n", encoding="utf-8")
+    assert cli.main(["tenants", "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == sample[1:]
 
 
 # -- 3. the exception tree ----------------------------------------------------------------

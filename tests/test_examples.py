@@ -4,7 +4,9 @@ included, and served over HTTP by ``scripts/demo`` the way a newcomer starts it.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -163,19 +165,24 @@ async def test_demo_does_not_start_without_its_replica(tmp_path: Path) -> None:
             pass
 
 
-def test_scripts_demo_serves_over_http(tmp_path: Path) -> None:
-    port = free_port()
+def demo_environment(tmp_path: Path) -> dict[str, str]:
+    """The environment `scripts/demo` runs in: no ``DBROUTER_*`` variable, and the
+    interpreter's virtualenv reused instead of a new one built (outside a virtualenv, the
+    script builds one in *tmp_path*)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("DBROUTER_")}
-    # Reuse the interpreter's virtualenv instead of building a new one; outside a
-    # virtualenv, let the script build one in the temporary directory.
     in_venv = sys.prefix != sys.base_prefix
     env["DBROUTER_VENV"] = sys.prefix if in_venv else str(tmp_path / "venv")
+    return env
+
+
+def test_scripts_demo_serves_over_http(tmp_path: Path) -> None:
+    port = free_port()
     log = tmp_path / "demo.log"
     with log.open("w") as log_file:
         process = subprocess.Popen(
             [str(ROOT / "scripts" / "demo"), "--port", str(port)],
             cwd=tmp_path,
-            env=env,
+            env=demo_environment(tmp_path),
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
@@ -204,6 +211,34 @@ def test_scripts_demo_serves_over_http(tmp_path: Path) -> None:
     assert "Application shutdown complete" in output
     assert (tmp_path / ".demo-data" / "notes.db").is_file()
     assert (tmp_path / ".demo-data" / "tenant_acme.db").is_file()
+
+
+def test_scripts_demo_on_a_busy_port_says_so_first(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [str(ROOT / "scripts" / "demo"), "--port", str(port)],
+            cwd=tmp_path,
+            env=demo_environment(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    assert result.returncode == 1, result.stdout
+    # Lines of "== " are the script setting up its virtualenv, before the demo starts.
+    said = [line for line in result.stdout.splitlines() if not line.startswith("== ")]
+    assert said[0] == f"dbrouter demo: port {port} is already in use on 127.0.0.1.", said
+    suggestion = re.fullmatch(
+        r"Start it on another port with --port, e\.g\. \./scripts/demo --port (\d+)", said[1]
+    )
+    assert suggestion is not None, said
+    assert int(suggestion.group(1)) != port
+    # Nothing else: no traceback, no curl lines for a demo that is not running.
+    assert said[2:] == [], said
 
 
 def wait_until_healthy(

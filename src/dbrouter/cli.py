@@ -15,15 +15,44 @@ from .urls import render
 
 __all__ = ["main"]
 
+_DESCRIPTION = """\
+Operations on the databases configured by DBROUTER_* environment variables,
+or by DBROUTER_* lines of a .env file in the working directory."""
+_EPILOG = """\
+examples:
+  dbrouter check           ping every database
+  dbrouter check --json    the same report as JSON
+  dbrouter tenants list    the tenants declared in configuration
+
+exit status: 0 when all is well, 1 when a database does not answer,
+2 for a usage or configuration error."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line *argv*; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="dbrouter", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="ping every configured database")
+    parser = argparse.ArgumentParser(
+        prog="dbrouter",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, title="commands", metavar="COMMAND"
+    )
+    check = commands.add_parser(
+        "check",
+        help="ping every configured database",
+        description="Ping every configured database and print its status and latency.",
+    )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
-    tenants = commands.add_parser("tenants", help="tenants declared in configuration")
-    tenants.add_argument("action", choices=["list"])
+    tenants = commands.add_parser(
+        "tenants",
+        help="tenants declared in configuration",
+        description="List the tenants declared in configuration.",
+    )
+    tenants.add_argument(
+        "action", choices=["list"], help="list: print each tenant and where its data lives"
+    )
     arguments = parser.parse_args(argv)
     try:
         if arguments.command == "tenants":

