@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from dbrouter import DatabaseRouter, RouterSettings
 from tests.support.pgbouncer import running_pgbouncer
-from tests.tenant_setup import owners_in, tenant_schemas
+from tests.support.tenants import owners_in, tenant_schemas
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,11 @@ import ast
 import inspect
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import dbrouter
+import fastapi
 
 SOURCE = Path(dbrouter.__file__).parent
 
@@ -124,3 +126,36 @@ def test_every_module_declares_its_surface() -> None:
         assert declared is not None, f"{where} declares no __all__"
         if path.name != "__init__.py":
             assert defined <= set(declared), f"{where}: {sorted(defined - set(declared))}"
+
+
+def test_every_type_the_router_hands_out_is_exported() -> None:
+    """What a public method or property of `DatabaseRouter` returns is a type a user can
+    import from dbrouter (or SQLAlchemy, FastAPI and the builtins)."""
+    foreign = (
+        "sqlalchemy",
+        "fastapi",
+        "starlette",
+        "builtins",
+        "typing",
+        "types",
+        "contextlib",
+        "collections",
+    )
+    for name, member in inspect.getmembers(dbrouter.DatabaseRouter):
+        if name.startswith("_"):
+            continue
+        function = member.fget if isinstance(member, property) else member
+        if not callable(function):
+            continue
+        namespace = {**vars(sys.modules["dbrouter.router"]), "APIRouter": fastapi.APIRouter}
+        hints = typing.get_type_hints(function, namespace)
+        returned = hints.get("return")
+        for kind in [returned, *typing.get_args(returned)]:
+            origin = typing.get_origin(kind) or kind
+            if not isinstance(origin, type):
+                continue  # a union or a literal: its members are checked one by one
+            kind = origin
+            if kind.__module__.partition(".")[0] in foreign:
+                continue
+            kind_name = getattr(kind, "__name__", None)
+            assert kind_name in dbrouter.__all__, f"DatabaseRouter.{name} returns {kind!r}"

@@ -5,6 +5,8 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 from .context import current_tenant
+from .databases import Database
+from .engines import EngineFactory
 from .errors import (
     BudgetExhaustedError,
     ConfigurationError,
@@ -18,7 +20,11 @@ from .errors import (
     UnknownDatabaseError,
     UnknownTenantError,
 )
+from .events import EventBus
 from .health import DatabaseHealth, HealthReport, PoolStats
+from .lending import LentSession
+from .lifecycle import State
+from .replicas import ReplicaSet
 from .router import DatabaseRouter
 from .settings import (
     DatabaseSettings,
@@ -27,7 +33,7 @@ from .settings import (
     TenancySettings,
     TenantSettings,
 )
-from .tenancy.directory import TenantCatalog
+from .tenancy.directory import ListingTenantCatalog, TenantCatalog
 from .tenancy.resolvers import (
     CallableTenantResolver,
     ChainTenantResolver,
@@ -37,6 +43,8 @@ from .tenancy.resolvers import (
     TenantRequest,
     TenantResolver,
 )
+from .tenancy.routing import Tenancy
+from .tenancy.strategy import TenancyStrategy
 
 __all__ = [
     "BudgetExhaustedError",
@@ -44,21 +52,30 @@ __all__ = [
     "ChainTenantResolver",
     "ConfigurationError",
     "DBRouterError",
+    "Database",
     "DatabaseHealth",
     "DatabaseRouter",
     "DatabaseSettings",
     "DatabaseUnavailableError",
+    "EngineFactory",
+    "EventBus",
     "HeaderTenantResolver",
     "HealthReport",
+    "LentSession",
+    "ListingTenantCatalog",
     "PathTenantResolver",
     "PoolStats",
     "ReadOnlySessionError",
     "ReplicaHostSettings",
+    "ReplicaSet",
     "RouterClosedError",
     "RouterSettings",
     "SessionClosedError",
+    "State",
     "SubdomainTenantResolver",
+    "Tenancy",
     "TenancySettings",
+    "TenancyStrategy",
     "TenantCatalog",
     "TenantError",
     "TenantRequest",

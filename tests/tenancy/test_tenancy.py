@@ -16,7 +16,6 @@ from typing import Annotated, Any
 import asyncpg
 import httpx
 import pytest
-from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import String, select, text
@@ -44,8 +43,9 @@ from dbrouter import (
     get_tenant_db,
 )
 from dbrouter.events import EngineBuilt
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
 from tests.conftest import serve, server_connections
-from tests.tenant_setup import owners_in, tenant_databases, tenant_schemas
+from tests.support.tenants import owners_in, tenant_databases, tenant_schemas
 
 Tenant = Annotated[str, Depends(get_tenant())]
 TenantDB = Annotated[AsyncSession, Depends(get_tenant_db())]

@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 
 from dbrouter import ConfigurationError, DatabaseRouter, RouterSettings, TenantSettings
-from tests.tenant_setup import tenant_databases, tenant_schemas
+from tests.support.tenants import tenant_databases, tenant_schemas
 
 
 async def test_template_tenants_are_the_databases_the_template_names(

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from dbrouter.registry import DatabaseRegistry
 from dbrouter.replicas import ReplicaMember, ReplicaSet, format_lsn, parse_lsn
 from dbrouter.settings import DatabaseSettings
-from tests.replication import (
+from tests.support.replication import (
     Replication,
     eventually,
     insert_events,

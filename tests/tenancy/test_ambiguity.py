@@ -7,7 +7,6 @@ import json
 from typing import Annotated, Any
 
 import pytest
-from fastapi import Depends, FastAPI
 
 from dbrouter import (
     ChainTenantResolver,
@@ -19,8 +18,9 @@ from dbrouter import (
     get_tenant,
 )
 from dbrouter.events import EngineBuilt
+from fastapi import Depends, FastAPI
 from tests.conftest import serve
-from tests.test_tenancy import trap_port
+from tests.tenancy.test_tenancy import trap_port
 
 
 def tenant_echo_app(router: DatabaseRouter) -> FastAPI:
