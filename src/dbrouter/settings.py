@@ -485,6 +485,13 @@ STRATEGY_KEYS: dict[str, frozenset[str]] = {
             "max_overflow",
             "pool_timeout",
             "connect_timeout",
+            "statement_timeout",
+            "idle_in_transaction_timeout",
+            "ssl",
+            "ssl_ca",
+            "ssl_cert",
+            "ssl_key",
+            "server_settings",
         }
     ),
     "schema": frozenset({"schema_database", "schema_template"}),

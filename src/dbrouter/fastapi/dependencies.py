@@ -5,10 +5,11 @@
 # and the committing dependency refers to a local variable.
 import functools
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..context import tenant_context
 from ..errors import ConfigurationError, DBRouterError
@@ -89,7 +90,7 @@ async def provide_tenant(request: Request) -> AsyncIterator[str]:
         )
         tenant, _ = await tenancy.identify(raw)
     except DBRouterError as exc:
-        raise _answer(exc) from exc
+        _answer(exc)
     with tenant_context(tenant):
         yield tenant
 
@@ -108,9 +109,12 @@ def router_of(request: Request) -> DatabaseRouter:
     return router
 
 
-def _answer(error: DBRouterError) -> Exception:
-    """What the client is answered for *error*: its HTTP mapping, or *error* itself."""
-    return http_error(error) or error
+def _answer(error: DBRouterError) -> NoReturn:
+    """Answer the client for *error*: its HTTP mapping, or *error* itself (a 500)."""
+    answer = http_error(error)
+    if answer is None:
+        raise error
+    raise answer from error
 
 
 @functools.cache
@@ -140,10 +144,7 @@ def _session_provider(
             async with router.session(name, commit=commit) as session:
                 yield session
         except DBRouterError as exc:
-            answer = _answer(exc)
-            if answer is exc:
-                raise
-            raise answer from exc
+            _answer(exc)
 
     return provide_session
 
@@ -158,10 +159,7 @@ def _tenant_session_dependency(commit: bool) -> SessionDependency:
             async with router.tenant_session(tenant, commit=commit) as session:
                 yield session
         except DBRouterError as exc:
-            answer = _answer(exc)
-            if answer is exc:
-                raise
-            raise answer from exc
+            _answer(exc)
 
     if not commit:
         return provide_tenant_session
