@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.pool import QueuePool
@@ -16,7 +16,14 @@ from .lsn import parse_lsn
 if TYPE_CHECKING:
     from ..databases import Database
 
-__all__ = ["ReplicaReading", "probe", "read_primary", "read_replica"]
+__all__ = [
+    "PostgresProber",
+    "ReplicaProber",
+    "ReplicaReading",
+    "probe",
+    "read_primary",
+    "read_replica",
+]
 
 _T = TypeVar("_T")
 
@@ -74,3 +81,28 @@ async def read_replica(database: Database) -> ReplicaReading:
         replay_lsn=None if replay_lsn is None else parse_lsn(replay_lsn),
         replay_age=None if replay_age is None else max(0.0, float(replay_age)),
     )
+
+
+class ReplicaProber(Protocol):
+    """What a `ReplicaSet` reads from its servers in each probe round.
+
+    `PostgresProber` asks real PostgreSQL servers; another prober (in a test, say) can
+    answer with readings of its own. Each read runs within the database's connect
+    timeout, and an exception it raises is the verdict on that server.
+    """
+
+    async def read_primary(self, database: Database) -> int:
+        """The primary's current WAL write position."""
+        ...
+
+    async def read_replica(self, database: Database) -> ReplicaReading:
+        """Whether the replica is in recovery, how far it has replayed, and how old that is."""
+        ...
+
+
+class PostgresProber:
+    """The prober of real servers: `read_primary` and `read_replica`, one query each on a
+    connection of the database's own pool."""
+
+    read_primary = staticmethod(read_primary)
+    read_replica = staticmethod(read_replica)

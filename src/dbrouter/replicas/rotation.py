@@ -24,7 +24,7 @@ from ..events import EventBus, ReplicaJoinedRotation, ReplicaLeftRotation
 from ..logs import log_events
 from ..outages import FailureReason, budget_exhausted, classify
 from .lsn import format_lsn, parse_lsn
-from .probes import ReplicaReading, probe, read_primary, read_replica
+from .probes import PostgresProber, ReplicaProber, ReplicaReading, probe
 
 if TYPE_CHECKING:
     # Only for annotations: the database module's own imports may lead back here.
@@ -115,6 +115,9 @@ class ReplicaSet:
     ``connect_timeout``, whether it is in recovery and how far it has replayed. `start`
     begins the rounds, `stop` ends them; the set is also an async context manager. Stop the
     set before disposing the engines of its databases.
+
+    *prober* does the reading (default: `PostgresProber`, the queries above); *clock*
+    tells the time of each round, from which lag is measured.
     """
 
     def __init__(
@@ -125,6 +128,7 @@ class ReplicaSet:
         policy: ReplicaPolicy = "round_robin",
         clock: Callable[[], float] = time.monotonic,
         events: EventBus | None = None,
+        prober: ReplicaProber | None = None,
     ) -> None:
         if policy not in _POLICIES:
             raise ValueError(f"unknown replica policy {policy!r}; choose one of {_POLICIES}")
@@ -149,6 +153,7 @@ class ReplicaSet:
         self._members = tuple(members)
         self._policy: ReplicaPolicy = policy
         self._clock = clock
+        self._prober: ReplicaProber = PostgresProber() if prober is None else prober
         self._interval = min(m.database.settings.health_check_interval for m in self._members)
         max_lag = max(m.database.settings.max_lag for m in self._members)
         self._horizon = 2 * max_lag + self._interval
@@ -378,8 +383,10 @@ class ReplicaSet:
             failures = [member._failures for member in self._members]
             now = self._clock()
             primary, readings = await asyncio.gather(
-                probe(self._primary, read_primary),
-                asyncio.gather(*(probe(m.database, read_replica) for m in self._members)),
+                probe(self._primary, self._prober.read_primary),
+                asyncio.gather(
+                    *(probe(m.database, self._prober.read_replica) for m in self._members)
+                ),
             )
             primary_lsn = primary if isinstance(primary, int) else None
             if isinstance(primary, Exception):

@@ -1,0 +1,1 @@
+"""Unit tests: one module of the core at a time, with no database server."""
