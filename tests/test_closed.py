@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import pytest
+from fastapi import BackgroundTasks, Depends, FastAPI
 from fastapi.responses import StreamingResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,7 +21,6 @@ from dbrouter import (
     get_db,
 )
 from dbrouter.lifecycle import State
-from fastapi import BackgroundTasks, Depends, FastAPI
 from tests.conftest import serve, server_connections
 
 SELECT_ONE = text("SELECT 1")

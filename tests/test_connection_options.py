@@ -11,12 +11,12 @@ from typing import Annotated, Any
 
 import asyncpg
 import pytest
+from fastapi import Depends, FastAPI
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbrouter import DatabaseRouter, DatabaseUnavailableError, RouterSettings, get_db
-from fastapi import Depends, FastAPI
 from tests.conftest import serve, server_connections
 from tests.support.pgbouncer import running_pgbouncer
 from tests.support.tenants import tenant_databases

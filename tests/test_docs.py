@@ -43,6 +43,7 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
@@ -57,7 +58,6 @@ from dbrouter import (
     TenantSettings,
     cli,
 )
-from fastapi import FastAPI
 from tests.conftest import serve
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,13 +15,13 @@ from typing import Annotated
 import httpx
 import pytest
 import uvicorn
+from fastapi import Depends, FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dbrouter import DatabaseRouter, RouterSettings, get_db
 from dbrouter.events import DatabaseRecovered, DatabaseUnavailable
-from fastapi import Depends, FastAPI
 from tests.conftest import serve, server_connections
 from tests.support.postgres import PostgresServer
 

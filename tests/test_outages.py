@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -29,7 +30,6 @@ from dbrouter.outages import (
     outage_reason,
     server_outage,
 )
-from fastapi import FastAPI
 from tests.conftest import serve
 from tests.support.auth import create_role, require_password
 from tests.support.postgres import HOST, PostgresServer, free_port, running_server

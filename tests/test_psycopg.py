@@ -9,6 +9,7 @@ import time
 from typing import Annotated
 
 import pytest
+from fastapi import Depends, FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,7 +22,6 @@ from dbrouter import (
     get_db,
 )
 from dbrouter.replicas.consistency import TOKEN_HEADER, parse_token
-from fastapi import Depends, FastAPI
 from tests.conftest import serve
 from tests.support.tenants import tenant_databases, tenant_schemas
 

@@ -9,8 +9,9 @@ import sys
 import typing
 from pathlib import Path
 
-import dbrouter
 import fastapi
+
+import dbrouter
 
 SOURCE = Path(dbrouter.__file__).parent
 

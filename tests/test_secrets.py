@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import asyncpg
 import pytest
+from fastapi import Depends, FastAPI
 from pydantic import BaseModel, ConfigDict, PydanticUserError, TypeAdapter, ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -27,7 +28,6 @@ from dbrouter import (
     get_db,
 )
 from dbrouter.settings import SECRET
-from fastapi import Depends, FastAPI
 from tests.conftest import serve
 
 PASSWORD = "s3cr@t:/p%ss@w0rd:/"

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 import pytest
+from fastapi import Depends, FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbrouter import DatabaseRouter, DatabaseUnavailableError, RouterSettings, get_db
-from fastapi import Depends, FastAPI
 from tests.conftest import serve
 from tests.support.tls import CERT_USER, TLSServer, tls_server
 

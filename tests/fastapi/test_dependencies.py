@@ -11,6 +11,7 @@ from typing import Annotated
 
 import httpx
 import pytest
+from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import String, select, text
 from sqlalchemy.engine import make_url
@@ -19,7 +20,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from dbrouter import ConfigurationError, DatabaseRouter, RouterSettings, get_db
 from dbrouter.models import Base, TimestampMixin
-from fastapi import Depends, FastAPI, HTTPException
 from tests.conftest import serve, server_connections
 
 Primary = Annotated[AsyncSession, Depends(get_db("primary"))]

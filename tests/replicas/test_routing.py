@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
+from fastapi import Depends, FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -24,7 +25,6 @@ from dbrouter import (
 from dbrouter.cli import main
 from dbrouter.replicas import parse_lsn
 from dbrouter.replicas.consistency import TOKEN_COOKIE, TOKEN_HEADER, format_token, parse_token
-from fastapi import Depends, FastAPI
 from tests.conftest import serve
 from tests.support.replication import (
     REPLICA_SETTINGS,

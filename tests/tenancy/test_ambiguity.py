@@ -7,6 +7,7 @@ import json
 from typing import Annotated, Any
 
 import pytest
+from fastapi import Depends, FastAPI
 
 from dbrouter import (
     ChainTenantResolver,
@@ -18,7 +19,6 @@ from dbrouter import (
     get_tenant,
 )
 from dbrouter.events import EngineBuilt
-from fastapi import Depends, FastAPI
 from tests.conftest import serve
 from tests.tenancy.test_tenancy import trap_port
 

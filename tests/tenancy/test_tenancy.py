@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import asyncpg
 import httpx
 import pytest
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import String, select, text
@@ -43,7 +44,6 @@ from dbrouter import (
     get_tenant_db,
 )
 from dbrouter.events import EngineBuilt
-from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
 from tests.conftest import serve, server_connections
 from tests.support.tenants import owners_in, tenant_databases, tenant_schemas
 

@@ -7,9 +7,8 @@ import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, NoReturn
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..context import tenant_context
 from ..errors import ConfigurationError, DBRouterError
