@@ -606,6 +606,46 @@ async def test_wait_for_needs_the_probe_running(registry: DatabaseRegistry) -> N
         await setup.replicas.wait_for(301, 1)
 
 
+async def test_a_wait_ends_with_none_when_the_set_stops(registry: DatabaseRegistry) -> None:
+    setup = rig(registry, ("a",))
+    setup.prober.primary = 300
+    setup.prober.replicas.update(a=standby(100))
+    setup.replicas.start()
+    waiting = asyncio.create_task(setup.replicas.wait_for(200, 30))
+    await asyncio.sleep(0.1)
+    await setup.replicas.stop()
+    assert await asyncio.wait_for(waiting, 1) is None
+
+
+async def test_measured_probes_once_when_no_probe_runs(registry: DatabaseRegistry) -> None:
+    setup = rig(registry, ("a",))
+    setup.prober.primary = 300
+    setup.prober.replicas.update(a=standby(300))
+    await setup.replicas.measured()
+    assert sorted(setup.prober.reads) == ["a", "primary"]
+    assert setup["a"].replay_lsn == 300
+    await setup.replicas.measured()  # measured already: no second round
+    assert sorted(setup.prober.reads) == ["a", "primary"]
+
+
+async def test_measured_waits_for_the_first_round_of_a_running_probe(
+    registry: DatabaseRegistry,
+) -> None:
+    setup = rig(registry, ("a",))
+    setup.prober.primary = 300
+    setup.prober.replicas.update(a=standby(300))
+    setup.prober.gate = asyncio.Event()
+    async with setup.replicas:
+        measuring = asyncio.create_task(setup.replicas.measured())
+        await asyncio.sleep(0.05)
+        assert not measuring.done()
+        assert setup["a"].replay_lsn is None
+        setup.prober.gate.set()
+        await asyncio.wait_for(measuring, 5)
+        assert setup["a"].replay_lsn == 300
+        assert sorted(setup.prober.reads) == ["a", "primary"]
+
+
 # ---- the default prober ----------------------------------------------------------------
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import pytest
@@ -42,6 +43,19 @@ class Work:
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+@contextmanager
+def loop_errors() -> Iterator[list[dict[str, Any]]]:
+    """What the event loop reports to its exception handler during the block."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        yield reported
+    finally:
+        loop.set_exception_handler(previous)
 
 
 async def within(waiting: Awaitable[T]) -> T:
@@ -124,11 +138,7 @@ async def test_the_work_finishes_when_every_caller_gave_up() -> None:
 
 
 async def test_an_error_nobody_waits_for_is_not_reported_as_unretrieved() -> None:
-    loop = asyncio.get_running_loop()
-    reported: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _, context: reported.append(context))
-    try:
+    with loop_errors() as reported:
         flight: SingleFlight[str, object] = SingleFlight()
         work = Work(error=RuntimeError("boom"))
         caller = asyncio.create_task(flight.run("acme", work))
@@ -141,10 +151,27 @@ async def test_an_error_nobody_waits_for_is_not_reported_as_unretrieved() -> Non
         await settle()
         assert flight.running() == []
         gc.collect()
-    finally:
-        loop.set_exception_handler(previous)
     assert work.finished == 1
     assert reported == []
+
+
+async def test_a_run_cancelled_itself_cancels_its_callers_and_is_forgotten() -> None:
+    flight: SingleFlight[str, object] = SingleFlight()
+    work = Work("done")
+    callers = [asyncio.create_task(flight.run("acme", work)) for _ in range(2)]
+    await settle()
+    (running,) = flight.running()
+    with loop_errors() as reported:
+        running.cancel()
+        outcomes = await within(asyncio.gather(*callers, return_exceptions=True))
+        await settle()
+    assert reported == []
+    assert [type(outcome) for outcome in outcomes] == [asyncio.CancelledError] * 2
+    assert work.cancelled == 1
+    assert flight.running() == []
+    work.release.set()
+    assert await within(flight.run("acme", work)) == "done"
+    assert work.runs == 2
 
 
 async def test_nothing_is_remembered_once_a_run_ends() -> None:
