@@ -170,3 +170,16 @@ async def test_what_background_tasks_and_streaming_responses_may_do(pg_url: str)
         "stream-committed": "SessionClosedError",
     }
     assert await server_connections(pg_url) == 0
+
+
+async def test_health_after_dispose_is_unavailable_and_tenancy_says_closed() -> None:
+    router = DatabaseRouter(RouterSettings(databases={"primary": {"url": "sqlite://"}}))
+    app = FastAPI()
+    app.include_router(router.health_router())
+    await router.dispose()
+    async with serve(app) as client:
+        response = await client.get("/health/databases")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    with pytest.raises(RouterClosedError):
+        router.tenancy  # noqa: B018 - the property raises

@@ -391,7 +391,7 @@ def tls_failure(exc: BaseException) -> str | None:
     """Why TLS with the server failed, when *exc* (one exception, not its causes) says so."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         # OpenSSL's own verdict names the host: it is not repeated.
-        if "hostname mismatch" in str(exc.verify_message).lower():
+        if "hostname mismatch" in str(getattr(exc, "verify_message", None) or exc).lower():
             return "TLS: the server's certificate is not for this host name"
         return "TLS: the server's certificate was not accepted"
     if isinstance(exc, ssl.SSLError):

@@ -102,13 +102,14 @@ class DatabaseRouter:
 
     @property
     def tenancy(self) -> Tenancy:
-        """Tenant routing; `ConfigurationError` when ``tenancy`` is not configured."""
+        """Tenant routing; `ConfigurationError` when ``tenancy`` is not configured,
+        `RouterClosedError` once disposed."""
+        self._lifecycle.check()
         if self._tenancy is None:
             raise ConfigurationError(
                 "tenancy is not configured; set tenancy.strategy and where tenants come from "
                 "(DBROUTER_TENANCY__URL_TEMPLATE, DBROUTER_TENANCY__TENANTS__<ID>__URL, ...)"
             )
-        self._lifecycle.check()
         return self._tenancy
 
     async def __aenter__(self) -> DatabaseRouter:

@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from ..errors import RouterClosedError
+from .errors import http_error
+
 if TYPE_CHECKING:
     from ..router import DatabaseRouter
 
@@ -19,7 +22,12 @@ def build_health_router(router: DatabaseRouter, *, path: str) -> APIRouter:
 
     @api.get(path, summary="Database health")
     async def database_health() -> JSONResponse:
-        report = await router.check()
+        try:
+            report = await router.check()
+        except RouterClosedError as exc:  # shutting down: unhealthy, never a 500
+            answer = http_error(exc)
+            assert answer is not None
+            raise answer from exc
         return JSONResponse(report.as_dict(), status_code=200 if report.ok else 503)
 
     return api
