@@ -10,14 +10,19 @@ import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .databases import Database, GuardedSession
 from .errors import RouterClosedError
 from .events import CheckoutTimedOut
-from .outages import as_cancelled_statement, as_unavailable, budget_exhausted, server_outage
+from .outages import (
+    as_cancelled_statement,
+    as_unavailable,
+    budget_exhausted,
+    classify,
+    server_outage,
+)
 from .replicas.readonly import ReplicaSession
 
 __all__ = ["LentSession", "Route", "SessionMaker"]
@@ -147,7 +152,7 @@ class LentSession:
     async def _failed(self, session: AsyncSession, database: Database, exc: BaseException) -> None:
         await _rollback_quietly(session)
         events = database.events
-        if events is not None and _pool_timed_out(exc):
+        if events is not None and classify(exc).kind == "pool exhausted":
             events.emit(CheckoutTimedOut(database.name))
         unavailable = as_unavailable(exc, database.name)
         if unavailable is None:
@@ -162,15 +167,6 @@ class LentSession:
             database.availability.lost(unavailable.reason)
         if unavailable is not exc:
             raise unavailable from exc
-
-
-def _pool_timed_out(exc: BaseException) -> bool:
-    current: BaseException | None = exc
-    while current is not None:
-        if isinstance(current, sa_exc.TimeoutError):
-            return True
-        current = current.__cause__
-    return False
 
 
 async def _rollback_quietly(session: AsyncSession) -> None:

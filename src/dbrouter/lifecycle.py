@@ -46,7 +46,7 @@ class Lifecycle:
 
     def check(self) -> None:
         """`RouterClosedError` unless sessions may be lent."""
-        if not (self.state is State.NEW or self.state is State.OPEN):
+        if not self.usable:
             raise RouterClosedError()
 
     def on_open(self, starter: Callable[[], None]) -> None:
