@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import MetaData
 
+from dbrouter.models import Base
 from tests.support.replication import Replication, primary_and_standby_fixture
 from tests.testing import app as application
 
@@ -35,4 +36,4 @@ def dbrouter_app() -> Any:
 @pytest.fixture(scope="session")
 def dbrouter_metadata() -> MetaData:
     """The test app's tables."""
-    return application.Base.metadata
+    return Base.metadata
