@@ -3,16 +3,22 @@ of `tests.testing.app`."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import MetaData
 
 from dbrouter.models import Base
-from tests.support.replication import Replication, primary_and_standby_fixture
+from tests.support.replication import (
+    Replication,
+    primary_and_standby_fixture,
+    replication_fixture,
+)
 from tests.testing import app as application
+from tests.testing.projects import InnerProject, inner_project
 
-__all__ = ["primary_and_standby_fixture"]
+__all__ = ["primary_and_standby_fixture", "replication_fixture"]
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +43,14 @@ def dbrouter_app() -> Any:
 def dbrouter_metadata() -> MetaData:
     """The test app's tables."""
     return Base.metadata
+
+
+@pytest.fixture
+def inner(
+    pytester: pytest.Pytester, postgres_admin_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[InnerProject]:
+    """A small project using the plugin, run in this process (see `tests.testing.projects`);
+    its summary lines are not cut short."""
+    monkeypatch.setenv("COLUMNS", "500")
+    with inner_project(pytester, postgres_admin_url) as project:
+        yield project
