@@ -176,7 +176,7 @@ class DatabaseRouter:
         server the replica routing picks.
         """
         database = self.database(name)
-        if database.is_replica and self._replication is not None:
+        if self._replication is not None and database.is_replica:
             group = self._replication.groups[database.name]
             return LentSession(None, commit=commit, route=group.lend_route)
         return LentSession(database, database.sessionmaker, commit=commit)
@@ -222,6 +222,28 @@ class DatabaseRouter:
     def remove_tenant(self, tenant: str) -> None:
         """Forget a tenant declared in configuration or by `add_tenant`."""
         self.tenancy.remove(tenant)
+
+    async def create_tenant(self, tenant: str) -> None:
+        """Create *tenant*'s database (from ``tenancy.url_template``) or schema (from
+        ``tenancy.schema_template``); the next request for it is served at once.
+
+        The id is validated first (`TenantResolutionError`). A tenant with a ``url`` of its
+        own or from a catalog is refused (`UnmanagedTenantError`), as is one whose storage
+        exists already (`TenantExistsError`). The template's role needs the right to
+        create databases (``CREATEDB``) or schemas.
+        """
+        await self.tenancy.create(tenant)
+
+    async def drop_tenant(self, tenant: str, *, timeout: float = 10.0) -> None:
+        """Drop *tenant*'s database or schema, and everything in it.
+
+        From the call on, a request for the tenant is a 404. Its sessions get up to
+        *timeout* seconds to finish, then its engine is disposed and its storage dropped
+        (a database ``WITH (FORCE)`` on PostgreSQL 13+, so other processes' connections to
+        it are closed too). Errors as `create_tenant`; `UnknownTenantError` when there is
+        nothing to drop.
+        """
+        await self.tenancy.drop(tenant, timeout)
 
     async def check(self) -> HealthReport:
         """Ping every database and report status, latency and pool figures; for replicas
