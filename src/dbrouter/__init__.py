@@ -24,7 +24,7 @@ from .errors import (
 )
 from .events import EventBus
 from .health import DatabaseHealth, HealthReport, PoolStats
-from .lending import LentSession
+from .lending import LentSession, TenantLentSession
 from .lifecycle import State
 from .replicas import ReplicaSet
 from .router import DatabaseRouter
@@ -81,6 +81,7 @@ __all__ = [
     "TenantCatalog",
     "TenantError",
     "TenantExistsError",
+    "TenantLentSession",
     "TenantRequest",
     "TenantResolutionError",
     "TenantResolver",

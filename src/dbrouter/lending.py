@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import Token
 from types import TracebackType
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.util import greenlet_spawn
 
+from .context import enter_tenant, leave_tenant
 from .databases import Database, GuardedSession
 from .errors import RouterClosedError
 from .events import CheckoutTimedOut
@@ -28,7 +30,7 @@ from .outages import (
 )
 from .replicas.readonly import ReplicaSession
 
-__all__ = ["LentSession", "Route", "SessionMaker"]
+__all__ = ["LentSession", "Route", "SessionMaker", "TenantLentSession", "TenantRouter"]
 
 logger = logging.getLogger("dbrouter")
 
@@ -42,6 +44,11 @@ SessionMaker = Callable[[], AsyncSession]
 Route = tuple[Database, SessionMaker, Callable[[], None] | None]
 """Where a session goes: the database, how to open a session there, and whom to tell when
 the database turns out to be unreachable."""
+TenantRouter = Callable[[str], Awaitable[tuple[Database, SessionMaker]]]
+"""Validates and looks a tenant up, and says where its session goes."""
+
+# Routing is retried when the engine found was evicted before a session could lease it.
+_ROUTE_ATTEMPTS = 3
 
 
 class LentSession:
@@ -170,6 +177,51 @@ class LentSession:
             database.availability.lost(unavailable.reason)
         if unavailable is not exc:
             raise unavailable from exc
+
+
+class TenantLentSession:
+    """``async with`` a session on a tenant's data: routed through *route* on entering
+    (again if the engine found was evicted before it could be leased), lent as
+    `LentSession` lends, with the tenant current (`current_tenant()`) inside."""
+
+    __slots__ = ("_commit", "_lent", "_route", "_tenant", "_token")
+
+    def __init__(self, tenant: str, route: TenantRouter, *, commit: bool = False) -> None:
+        self._tenant = tenant
+        self._route = route
+        self._commit = commit
+        self._lent: LentSession | None = None
+        self._token: Token[str | None] | None = None
+
+    async def __aenter__(self) -> AsyncSession:
+        for attempt in range(_ROUTE_ATTEMPTS):
+            database, make_session = await self._route(self._tenant)
+            lent = LentSession(database, make_session, commit=self._commit)
+            try:
+                # No await between routing and the lease: an eviction cannot slip in.
+                session = await lent.__aenter__()
+            except RouterClosedError:
+                if attempt + 1 == _ROUTE_ATTEMPTS:
+                    raise
+                continue  # evicted between routing and the lease: route again
+            break
+        self._lent = lent
+        self._token = enter_tenant(self._tenant)
+        return session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        lent, token = self._lent, self._token
+        assert lent is not None
+        assert token is not None
+        try:
+            await lent.__aexit__(exc_type, exc, traceback)
+        finally:
+            leave_tenant(token)
 
 
 async def _close(session: AsyncSession) -> None:
