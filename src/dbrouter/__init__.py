@@ -16,13 +16,15 @@ from .errors import (
     RouterClosedError,
     SessionClosedError,
     TenantError,
+    TenantExistsError,
     TenantResolutionError,
     UnknownDatabaseError,
     UnknownTenantError,
+    UnmanagedTenantError,
 )
 from .events import EventBus
 from .health import DatabaseHealth, HealthReport, PoolStats
-from .lending import LentSession
+from .lending import LentSession, TenantLentSession
 from .lifecycle import State
 from .replicas import ReplicaSet
 from .router import DatabaseRouter
@@ -78,12 +80,15 @@ __all__ = [
     "TenancyStrategy",
     "TenantCatalog",
     "TenantError",
+    "TenantExistsError",
+    "TenantLentSession",
     "TenantRequest",
     "TenantResolutionError",
     "TenantResolver",
     "TenantSettings",
     "UnknownDatabaseError",
     "UnknownTenantError",
+    "UnmanagedTenantError",
     "current_tenant",
     "get_db",
     "get_tenant",
