@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from dbrouter.testing.client import AppClients
     from dbrouter.testing.environment import TestEnvironment
     from dbrouter.testing.isolation import Isolation
+    from dbrouter.testing.tenants import ThrowawayTenants
 
 __all__ = [
     "dbrouter",
@@ -40,8 +41,10 @@ __all__ = [
     "dbrouter_metadata",
     "dbrouter_postgres_url",
     "dbrouter_router",
+    "dbrouter_session_tenants",
     "dbrouter_standby_url",
     "dbrouter_tenant_client",
+    "dbrouter_tenants",
     "pytest_addoption",
     "pytest_configure",
     "pytest_runtest_makereport",
@@ -256,6 +259,35 @@ async def dbrouter_clients(
         )
     async with app_client(dbrouter_app) as clients:
         yield clients
+
+
+@_session_loop_fixture()
+async def dbrouter_tenants(
+    dbrouter_environment: TestEnvironment, dbrouter_isolation: Isolation
+) -> ThrowawayTenants:
+    """Tenants for this test: ``await dbrouter_tenants.create()`` makes one (a new id, or
+    the one given) with its tables; each is dropped when the test ends, after its
+    transactions are rolled back."""
+    from dbrouter.testing.tenants import ThrowawayTenants
+
+    tenants = ThrowawayTenants(dbrouter_environment)
+    dbrouter_isolation.afterwards(tenants.drop_all)
+    return tenants
+
+
+@_session_loop_fixture(scope="session")
+async def dbrouter_session_tenants(
+    dbrouter_environment: TestEnvironment,
+) -> AsyncIterator[ThrowawayTenants]:
+    """Tenants for the whole session, as ``dbrouter_tenants``: dropped when it ends. What
+    each test writes in them is rolled back when the test ends."""
+    from dbrouter.testing.tenants import ThrowawayTenants
+
+    tenants = ThrowawayTenants(dbrouter_environment)
+    try:
+        yield tenants
+    finally:
+        await tenants.drop_all()
 
 
 @pytest.fixture

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 import pytest
 from sqlalchemy import func, select, text
 
 from dbrouter import DatabaseRouter, ReadOnlySessionError
+from dbrouter.testing.environment import TestEnvironment
+from dbrouter.testing.tenants import ThrowawayTenants
 from tests.testing.app import Note
 
 
@@ -54,10 +58,9 @@ async def test_a_replica_session_stays_read_only(dbrouter: DatabaseRouter) -> No
 
 
 async def test_tenants_are_isolated_from_each_other(
-    dbrouter_tenant_client: object, dbrouter: DatabaseRouter
+    dbrouter_tenant_client: Callable[[str], httpx.AsyncClient], dbrouter: DatabaseRouter
 ) -> None:
-    acme = dbrouter_tenant_client("acme")  # type: ignore[operator]
-    globex = dbrouter_tenant_client("globex")  # type: ignore[operator]
+    acme, globex = dbrouter_tenant_client("acme"), dbrouter_tenant_client("globex")
     assert (await acme.post("/tenant/notes", json={"text": "a"})).status_code == 201
     assert (await acme.get("/tenant/notes")).json() == {"count": 1}
     assert (await globex.get("/tenant/notes")).json() == {"count": 0}
@@ -75,3 +78,32 @@ async def test_without_mirroring_the_replica_is_the_standby(
     assert (await dbrouter_client.get("/notes")).json() == ["unseen"]
     dbrouter_client.cookies.clear()
     assert (await dbrouter_client.get("/notes")).json() == []
+
+
+async def test_a_tenant_made_for_the_test(
+    dbrouter_tenants: ThrowawayTenants,
+    dbrouter_tenant_client: Callable[[str], httpx.AsyncClient],
+    dbrouter_environment: TestEnvironment,
+) -> None:
+    tenant = await dbrouter_tenants.create()
+    client = dbrouter_tenant_client(tenant)
+    assert (await client.post("/tenant/notes", json={"text": "a"})).status_code == 201
+    assert (await client.get("/tenant/notes")).json() == {"count": 1}
+    assert tenant in await dbrouter_environment.admin.list_tenants()
+    assert dbrouter_tenants.created == (tenant,)
+
+
+SHARED: list[str] = []
+
+
+@pytest.mark.parametrize("attempt", [1, 2])
+async def test_a_tenant_made_for_the_session(
+    dbrouter_session_tenants: ThrowawayTenants,
+    dbrouter_tenant_client: Callable[[str], httpx.AsyncClient],
+    attempt: int,
+) -> None:
+    if not SHARED:
+        SHARED.append(await dbrouter_session_tenants.create("shared"))
+    client = dbrouter_tenant_client(SHARED[0])
+    assert (await client.get("/tenant/notes")).json() == {"count": 0}
+    assert (await client.post("/tenant/notes", json={"text": "same"})).status_code == 201

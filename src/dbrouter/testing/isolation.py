@@ -4,7 +4,7 @@ everything when the test ends."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +23,9 @@ def connect_params(params: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in params.items() if key not in _ADAPTER_ARGUMENTS}
 
 
-def database_key(params: dict[str, Any]) -> str:
-    """The physical database asyncpg connect arguments reach, as ``user@host:port/name``."""
+def database_key(params: Mapping[str, Any]) -> str:
+    """The physical database asyncpg connect arguments reach, as ``user@host:port/name``
+    (a URL's ``translate_connect_args(username="user")`` gives the same)."""
     return (
         f"{params.get('user') or ''}@{params.get('host') or 'localhost'}:"
         f"{params.get('port') or 5432}/{params.get('database') or ''}"
@@ -106,6 +107,7 @@ class Isolation:
         """Every undeclared database the test touched, even where the error was caught."""
         self._used: dict[str, SharedConnection] = {}
         self._finished = False
+        self._afterwards: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def touched(self) -> Collection[str]:
@@ -137,12 +139,23 @@ class Isolation:
         if owner.key not in self._used:
             shared.activate()
             self._used[owner.key] = shared
-        raw = await shared.connection()
-        return SharedConnectionProxy(shared, raw, read_only=primary is not None)
+        await shared.connection()
+        return SharedConnectionProxy(shared, read_only=primary is not None)
+
+    def afterwards(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run *work* when the test ends, once its transactions are rolled back (the last
+        registered first): dropping a tenant made for the test."""
+        self._afterwards.append(work)
 
     async def finish(self) -> None:
-        """Roll back everything the test did, on every database it touched."""
+        """Roll back everything the test did, on every database it touched; then run what
+        was registered with `afterwards`."""
         self._finished = True
         used, self._used = self._used, {}
-        for shared in used.values():
-            await shared.finish()
+        try:
+            for shared in used.values():
+                await shared.finish()
+        finally:
+            afterwards, self._afterwards = self._afterwards, []
+            for work in reversed(afterwards):
+                await work()

@@ -31,6 +31,7 @@ __all__ = [
     "load_metadata",
     "migrate",
     "places",
+    "tenant_place",
 ]
 
 Place = tuple[URL, str | None]
@@ -54,6 +55,22 @@ def places(settings: RouterSettings) -> Iterator[Place]:
             yield place
 
 
+def tenant_place(settings: RouterSettings, tenant: str) -> Place:
+    """Where *tenant*'s tables go: its database, or its schema in the schema database."""
+    tenancy = settings.tenancy
+    if tenancy is None:
+        raise ConfigurationError("tenancy is not configured: there are no tenants to create")
+    if tenancy.strategy == "schema":
+        holder = settings.databases[tenancy.schema_database or settings.default_database]
+        return holder.url, tenancy.schema_template.replace("{tenant}", tenant)
+    found = tenancy.tenants.get(tenant)
+    if found is not None and found.url is not None:
+        return found.url, None
+    if tenancy.url_template is None:
+        raise ConfigurationError(f"tenant {tenant!r} has no database: no url_template")
+    return tenant_url(tenancy.url_template, tenant), None
+
+
 def _all_places(settings: RouterSettings) -> Iterator[Place]:
     for database in settings.databases.values():
         if database.replica_of is None:
@@ -61,16 +78,9 @@ def _all_places(settings: RouterSettings) -> Iterator[Place]:
     tenancy = settings.tenancy
     if tenancy is None:
         return
-    if tenancy.strategy == "schema":
-        holder = settings.databases[tenancy.schema_database or settings.default_database]
-        for tenant in tenancy.tenants:
-            yield holder.url, tenancy.schema_template.replace("{tenant}", tenant)
-        return
     for tenant, found in tenancy.tenants.items():
-        if found.url is not None:
-            yield found.url, None
-        elif tenancy.url_template is not None:
-            yield tenant_url(tenancy.url_template, tenant), None
+        if tenancy.strategy == "schema" or found.url or tenancy.url_template is not None:
+            yield tenant_place(settings, tenant)
 
 
 async def create_places(settings: RouterSettings, server: URL) -> list[str]:
@@ -139,13 +149,16 @@ def has_migrations(settings: RouterSettings) -> bool:
     return settings.tenancy is not None and bool(getattr(settings.tenancy, "migrations", None))
 
 
-async def migrate(router: DatabaseRouter) -> None:
-    """Upgrade every database and tenant of *router* that has migrations to head.
+async def migrate(router: DatabaseRouter, *, tenants: list[str] | None = None) -> None:
+    """Upgrade every database and tenant of *router* that has migrations to head (with
+    *tenants*, those tenants only).
 
     The migrations live in ``dbrouter.migrations`` (extra ``migrations``); a router whose
     configuration names no script directory needs nothing.
     """
     if not has_migrations(router.settings):
+        return
+    if tenants is not None and not getattr(router.settings.tenancy, "migrations", None):
         return
     try:
         migrations: Any = importlib.import_module("dbrouter.migrations")
@@ -154,7 +167,7 @@ async def migrate(router: DatabaseRouter) -> None:
             f"the configuration names Alembic migrations, which the tests run before the "
             f"first test: {exc}"
         ) from None
-    report = await migrations.upgrade(router)
+    report = await migrations.upgrade(router, tenants=tenants or ())
     if not report.ok:
         raise ConfigurationError(
             f"migrating the test databases failed: {report.as_dict()['targets']}"

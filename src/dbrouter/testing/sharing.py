@@ -105,6 +105,13 @@ class SharedConnection:
         return self._raw is not None and not self._raw.is_closed()
 
     @property
+    def server_connection(self) -> asyncpg.Connection:
+        """The server connection, which must be open (see `connection`)."""
+        if self._raw is None:
+            raise IsolationError(f"{self.key} is not connected")
+        return self._raw
+
+    @property
     def open_units(self) -> int:
         """Savepoints begun and not ended yet."""
         return len(self._units)
@@ -217,12 +224,17 @@ class SharedConnection:
         raw, self._raw = self._raw, None
         self._units.clear()
         self._begun = False
-        if raw is not None and not raw.is_closed():
-            self._check_loop()
-            try:
-                await raw.close(timeout=5)
-            except Exception:
+        if raw is None or raw.is_closed():
+            return
+        if self._loop is not asyncio.get_running_loop():
+            # Opened on a loop of its own, which may be gone: no goodbye to the server.
+            with contextlib.suppress(RuntimeError):
                 raw.terminate()
+            return
+        try:
+            await raw.close(timeout=5)
+        except Exception:
+            raw.terminate()
 
     def _release(self, unit: Unit) -> str:
         # Deferred constraints are checked as a real commit checks them: made immediate in
@@ -292,13 +304,10 @@ class SharedConnectionProxy:
     own: the shared connection, whose transactions are units and which is never closed
     by the engine. *read_only* makes every unit read-only (a replica's connections)."""
 
-    __slots__ = ("_raw", "_read_only", "_shared")
+    __slots__ = ("_read_only", "_shared")
 
-    def __init__(
-        self, shared: SharedConnection, raw: asyncpg.Connection, *, read_only: bool
-    ) -> None:
+    def __init__(self, shared: SharedConnection, *, read_only: bool) -> None:
         self._shared = shared
-        self._raw = raw
         self._read_only = read_only
 
     def transaction(
@@ -316,7 +325,7 @@ class SharedConnectionProxy:
 
     def is_closed(self) -> bool:
         """Whether the shared connection is closed."""
-        return self._raw.is_closed()
+        return not self._shared.connected
 
     async def close(self, *, timeout: float | None = None) -> None:
         """Nothing: the shared connection stays open for the other engines."""
@@ -325,7 +334,8 @@ class SharedConnectionProxy:
         """Nothing: the shared connection stays open for the other engines."""
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
+        # The server connection of now: it is made again when a test finds it lost.
+        return getattr(self._shared.server_connection, name)
 
 
 class SharedConnections:
