@@ -8,7 +8,9 @@ databases, so the object itself is taken over: for each test it is built again i
 from the test's settings and with an engine factory bound to the test's isolation, and
 disposed when the test ends. Each test starts with a router in its first state: no
 engine, no cached tenant, no replica out of rotation. The tenant resolver, the catalog
-and the event subscriptions the application gave it are carried over.
+and the event subscriptions the application gave it are carried over (the subscriptions
+hear what happens once the rebuilt router exists: not the building of its named
+databases' engines).
 """
 
 from __future__ import annotations
