@@ -11,12 +11,11 @@ from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 from sqlalchemy import String, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbrouter import DatabaseRouter, RouterSettings, get_db, get_tenant_db
-from dbrouter.models import Base
 
-__all__ = ["Note", "app", "router"]
+__all__ = ["Base", "Note", "app", "router"]
 
 DATABASE = "dbr_plugin"
 
@@ -38,12 +37,16 @@ router = DatabaseRouter(
 app = FastAPI(lifespan=router.lifespan)
 
 
+class Base(DeclarativeBase):
+    """The test app's tables, apart from those of other apps the suite imports."""
+
+
 class Note(Base):
     """A note, unique by its text."""
 
     __tablename__ = "notes"
 
-    id: Mapped[int] = mapped_column(primary_key=True, init=False)
+    id: Mapped[int] = mapped_column(primary_key=True)
     text: Mapped[str] = mapped_column(String(200), unique=True)
 
 

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from sqlalchemy import MetaData
 
-from dbrouter.models import Base
 from tests.support.replication import (
     Replication,
     primary_and_standby_fixture,
@@ -42,7 +41,7 @@ def dbrouter_app() -> Any:
 @pytest.fixture(scope="session")
 def dbrouter_metadata() -> MetaData:
     """The test app's tables."""
-    return Base.metadata
+    return application.Base.metadata
 
 
 @pytest.fixture

@@ -13,12 +13,9 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.engine import make_url
 
 from dbrouter import ConfigurationError, DatabaseRouter, RouterSettings
-from dbrouter.models import Base
 from dbrouter.testing.environment import TestEnvironment
 from dbrouter.testing.tenants import ThrowawayTenants
-from tests.testing.app import Note
-
-assert Note.__tablename__ == "notes"  # the test app's model, in Base.metadata
+from tests.testing.app import Base
 
 
 def app_router(database: str, **tenancy: object) -> DatabaseRouter:
