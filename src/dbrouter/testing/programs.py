@@ -20,6 +20,7 @@ from pathlib import Path
 __all__ = [
     "USER_ENV",
     "Account",
+    "child_env",
     "chown",
     "chown_tree",
     "output",
