@@ -78,14 +78,16 @@ class IsolatingEngineFactory(EngineFactory):
             )
         for key in ("pool_pre_ping", "max_overflow", "poolclass"):
             options.pop(key, None)
+        options.update(poolclass=AsyncAdaptedQueuePool, max_overflow=-1, pool_pre_ping=False)
         connect_args = options.get("connect_args", {})
-        engine = super().create_engine(
-            url,
-            poolclass=AsyncAdaptedQueuePool,
-            max_overflow=-1,
-            pool_pre_ping=False,
-            **options,
-        )
+        server = f"{url.drivername}://{url.host}:{url.port}"
+        learned = isolation.dialects.get(server)
+        if learned is None:
+            engine = super().create_engine(url, **options)
+            _learn_dialect(engine, isolation.dialects, server)
+        else:
+            engine = super().create_engine(url, _initialize=False, **options)
+            _initialized(engine, learned)
         _, params = engine.dialect.create_connect_args(engine.url)
         binding = Binding(name, kind, settings, {**params, **connect_args})
         self._bindings[name] = binding
@@ -119,3 +121,49 @@ class IsolatingEngineFactory(EngineFactory):
                 f"{binding.describe()} replicates {primary!r}, which this router does not have"
             )
         return found
+
+
+_SIMPLE = (bool, int, float, str, tuple, type(None))
+
+
+def _learn_dialect(engine: AsyncEngine, learned: dict[str, dict[str, Any]], key: str) -> None:
+    """Note what the dialect of *engine* learns from its first connection (server version,
+    default schema, ...), for the engines of the next tests (see `_initialized`)."""
+    dialect = engine.sync_engine.dialect
+    before = dict(vars(dialect))
+
+    def first_connected(dbapi_connection: Any, record: Any) -> None:
+        # Listened to after SQLAlchemy's own first-connect hook, which has run by now.
+        learned.setdefault(
+            key,
+            {
+                name: value
+                for name, value in vars(dialect).items()
+                if isinstance(value, _SIMPLE) and (name not in before or before[name] != value)
+            },
+        )
+
+    event.listen(engine.sync_engine.pool, "connect", first_connected, once=True)
+
+
+def _initialized(engine: AsyncEngine, learned: dict[str, Any]) -> None:
+    """Make *engine*, built without asking the server about itself, as if it had asked.
+
+    Every test builds its engines anew, and the first connection of an engine otherwise
+    spends several round trips finding out what the first engine of the session already
+    knows. The hooks SQLAlchemy adds to every new connection are added as it adds them.
+    """
+    dialect = engine.sync_engine.dialect
+    vars(dialect).update(learned)
+    pool = engine.sync_engine.pool
+    on_connect = dialect.on_connect_url(engine.url)
+    if on_connect is not None:
+
+        def connected(dbapi_connection: Any, record: Any) -> None:
+            assert on_connect is not None
+            on_connect(dbapi_connection)
+
+        event.listen(pool, "connect", connected)
+    builtin = getattr(dialect, "_builtin_onconnect", lambda: None)()
+    if builtin is not None:
+        event.listen(pool, "connect", builtin)

@@ -110,6 +110,12 @@ class Isolation:
         self._afterwards: list[Callable[[], Awaitable[None]]] = []
 
     @property
+    def dialects(self) -> dict[str, dict[str, Any]]:
+        """What SQLAlchemy's dialects learnt from the servers, by driver and server (see
+        `IsolatingEngineFactory`): the same for every test of the session."""
+        return self._connections.dialects
+
+    @property
     def touched(self) -> Collection[str]:
         """The keys of the physical databases the test has touched so far."""
         return self._used.keys()

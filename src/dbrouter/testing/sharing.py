@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ __all__ = ["SharedConnection", "SharedConnectionProxy", "SharedConnections", "Un
 _OPEN_UNITS: ContextVar[tuple[Unit, ...]] = ContextVar("dbrouter_testing_units", default=())
 _SEARCH_PATH = "SELECT current_setting('search_path')"
 _CHECK = "dbrouter_check"
+_PREPARED = 512  # statements kept prepared per connection
 _LOOPS = (
     "run the tests and dbrouter's fixtures on one event loop for the session: set "
     'asyncio_default_fixture_loop_scope = "session" and asyncio_default_test_loop_scope = '
@@ -98,6 +100,7 @@ class SharedConnection:
         self._waiters: list[asyncio.Future[None]] = []
         self._names: Iterator[int] = itertools.count(1)
         self._statement = asyncio.Lock()
+        self._prepared: OrderedDict[str, Any] = OrderedDict()
 
     @property
     def connected(self) -> bool:
@@ -133,7 +136,30 @@ class SharedConnection:
             self._raw = await asyncpg.connect(**self._params)
             self._loop = asyncio.get_running_loop()
             self._begun = False
+            self._prepared.clear()
         return self._raw
+
+    async def prepare(self, query: str, *, timeout: float | None = None) -> Any:
+        """*query* prepared on the server connection, once for every engine and test.
+
+        Each test's engines are new, and so are the statement caches of their
+        connections: without this, every statement of every test would be prepared again,
+        a round trip each.
+        """
+        prepared = self._prepared.get(query)
+        if prepared is not None:
+            self._prepared.move_to_end(query)
+            return prepared
+        prepared = await self.server_connection.prepare(query, timeout=timeout)
+        self._prepared[query] = prepared
+        if len(self._prepared) > _PREPARED:
+            self._prepared.popitem(last=False)
+        return prepared
+
+    def forget_prepared(self) -> None:
+        """Prepare every statement again: the schema changed (DDL), so their plans may
+        be stale."""
+        self._prepared.clear()
 
     async def begin(self, unit: Unit) -> None:
         """Start *unit* once its turn comes: nested in an open unit the caller started
@@ -333,6 +359,26 @@ class SharedConnectionProxy:
     def terminate(self) -> None:
         """Nothing: the shared connection stays open for the other engines."""
 
+    async def prepare(
+        self,
+        query: str,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        record_class: Any = None,
+    ) -> Any:
+        """A prepared statement, shared with the other engines when it is an ordinary one."""
+        if name is not None or record_class is not None:
+            return await self._shared.server_connection.prepare(
+                query, name=name, timeout=timeout, record_class=record_class
+            )
+        return await self._shared.prepare(query, timeout=timeout)
+
+    async def reload_schema_state(self) -> None:
+        """Forget the types and the shared prepared statements: the schema changed."""
+        self._shared.forget_prepared()
+        await self._shared.server_connection.reload_schema_state()
+
     def __getattr__(self, name: str) -> Any:
         # The server connection of now: it is made again when a test finds it lost.
         return getattr(self._shared.server_connection, name)
@@ -344,6 +390,9 @@ class SharedConnections:
     def __init__(self, *, wait: float = 10.0) -> None:
         self._wait = wait
         self._connections: dict[str, SharedConnection] = {}
+        self.dialects: dict[str, dict[str, Any]] = {}
+        """What SQLAlchemy's dialects learnt from the servers, by driver and server: kept
+        here, with the connections, for the whole session."""
 
     def get(self, key: str, params: dict[str, Any]) -> SharedConnection:
         """The shared connection to *key*, made with *params* the first time."""
