@@ -174,3 +174,13 @@ def test_what_a_declaration_allows() -> None:
     assert Declaration().describe() == "nothing"
     assert replica.describe() == "database 'replica'"
     assert tenant.describe() == "tenant 'acme'"
+
+
+def test_the_toolkit_declares_its_surface() -> None:
+    import dbrouter.testing as toolkit
+
+    assert list(toolkit.__all__) == sorted(toolkit.__all__)
+    for name in toolkit.__all__:
+        assert getattr(toolkit, name).__doc__, name
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        toolkit.nothing  # noqa: B018

@@ -58,7 +58,7 @@ async def test_the_example_project_passes_and_leaves_nothing(replication: Replic
         EXAMPLE, "-q", f"--dbrouter-postgres-url={server}", f"--dbrouter-standby-url={standby}"
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "7 passed" in result.stdout, result.stdout
+    assert "8 passed" in result.stdout, result.stdout
     for database in ("notes", "notes_acme", "notes_globex"):
         assert await rows(server, database) == 0, database
 

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import text
 
 from dbrouter import DatabaseRouter
+from dbrouter.testing import ThrowawayTenants
 
 
 async def test_a_note_written_on_the_primary_is_read_through_the_replica(
@@ -32,6 +33,16 @@ async def test_each_tenant_sees_its_own_notes(
     assert (await acme.post("/tenant/notes", json={"text": "for acme"})).status_code == 201
     assert (await acme.get("/tenant/notes")).json() == ["for acme"]
     assert (await globex.get("/tenant/notes")).json() == []
+
+
+async def test_a_tenant_made_for_the_test(
+    dbrouter_tenants: ThrowawayTenants,
+    dbrouter_tenant_client: Callable[[str], httpx.AsyncClient],
+) -> None:
+    tenant = await dbrouter_tenants.create()  # dropped when the test ends
+    client = dbrouter_tenant_client(tenant)
+    assert (await client.post("/tenant/notes", json={"text": "new"})).status_code == 201
+    assert (await client.get("/tenant/notes")).json() == ["new"]
 
 
 async def test_the_replica_is_read_only(dbrouter: DatabaseRouter) -> None:
