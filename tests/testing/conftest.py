@@ -1,5 +1,5 @@
-"""The plugin's fixtures, pointed at the suite's primary and standby, serving the test app
-of `tests.testing.app`."""
+"""The plugin's fixtures, pointed at the suite's primary and standby, serving the app of the
+example project (``examples/testing``, on the Python path)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.support.replication import (
     primary_and_standby_fixture,
     replication_fixture,
 )
-from tests.testing import app as application
+from tests.testing import example as application
 from tests.testing.projects import InnerProject, inner_project
 
 __all__ = ["primary_and_standby_fixture", "replication_fixture"]
@@ -34,14 +34,14 @@ def dbrouter_standby_url(primary_and_standby: Replication) -> str:
 
 @pytest.fixture(scope="session")
 def dbrouter_app() -> Any:
-    """The test app."""
+    """The example project's app."""
     return application.app
 
 
 @pytest.fixture(scope="session")
 def dbrouter_metadata() -> MetaData:
-    """The test app's tables."""
-    return application.Base.metadata
+    """Its tables."""
+    return application.metadata
 
 
 @pytest.fixture

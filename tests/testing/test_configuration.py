@@ -17,7 +17,7 @@ from dbrouter.testing.placement import place
 from dbrouter.testing.prober import MirrorProber
 from dbrouter.testing.sharing import SharedConnections
 from dbrouter.testing.takeover import RouterTakeover
-from tests.testing import app as application
+from tests.testing import example as application
 
 
 def test_the_command_line_wins_then_the_environment_then_the_ini_file(
@@ -43,11 +43,11 @@ def test_the_command_line_wins_then_the_environment_then_the_ini_file(
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("tests.testing.app", "is not module:attribute, as in myapp.main:app"),
+        ("notes.app", "is not module:attribute \\(for example myapp.main:app"),
         (":app", "is not module:attribute"),
-        ("tests.testing.nowhere:app", "there is no module 'tests.testing.nowhere'"),
-        ("tests.testing.app:nothing", "'tests.testing.app' has no attribute 'nothing'"),
-        ("tests.testing.app:app.nothing", "has no attribute 'app.nothing'"),
+        ("notes.nowhere:app", "no module 'notes.nowhere'"),
+        ("notes.app:nothing", "'notes.app' has no attribute 'nothing'"),
+        ("notes.app:app.nothing", "has no attribute 'app.nothing'"),
     ],
 )
 def test_names_that_do_not_resolve(path: str, message: str) -> None:
@@ -70,8 +70,11 @@ def test_the_router_is_found_from_the_app() -> None:
         find_router(options, None)
     with pytest.raises(ConfigurationError, match="the app's lifespan is not a router's"):
         find_router(options, FastAPI())
-    named = PluginOptions(None, "tests.testing.app:router", None, None, False, None)
+    named = PluginOptions(None, "notes.app:router", None, None, False, None)
     assert find_router(named, None) is application.router
+    wrong = PluginOptions(None, "notes.app:app", None, None, False, None)
+    with pytest.raises(ConfigurationError, match=r"dbrouter_router: .* is a FastAPI, not a"):
+        find_router(wrong, None)
 
 
 def test_databases_are_placed_on_the_test_servers() -> None:

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from dbrouter import ConfigurationError, DatabaseRouter, RouterSettings
 from dbrouter.testing.environment import TestEnvironment
 from dbrouter.testing.tenants import ThrowawayTenants
-from tests.testing.app import Base
+from tests.testing.example import metadata
 
 
 def app_router(database: str, **tenancy: object) -> DatabaseRouter:
@@ -54,9 +54,7 @@ async def test_schema_tenants_keep_their_pin_inside_the_test(
     postgres_admin_url: str, database: str
 ) -> None:
     router = app_router(database, strategy="schema", tenants={"acme": {}})
-    environment = await TestEnvironment.open(
-        router, server=postgres_admin_url, metadata=Base.metadata
-    )
+    environment = await TestEnvironment.open(router, server=postgres_admin_url, metadata=metadata)
     url = make_url(postgres_admin_url).set(database=database).render_as_string(False)
     try:
         isolation = environment.isolation()
@@ -89,9 +87,7 @@ async def test_database_tenants_made_and_dropped(postgres_admin_url: str, databa
     router = app_router(
         database, url_template=f"postgresql://app:secret@db.internal/{database}_{{tenant}}"
     )
-    environment = await TestEnvironment.open(
-        router, server=postgres_admin_url, metadata=Base.metadata
-    )
+    environment = await TestEnvironment.open(router, server=postgres_admin_url, metadata=metadata)
     try:
         isolation = environment.isolation()
         tested = environment.router_for(isolation)
@@ -141,6 +137,6 @@ async def test_a_standby_that_does_not_replay_is_refused(
 async def test_metadata_that_is_not_metadata_is_refused() -> None:
     from dbrouter.testing.preparation import load_metadata
 
-    with pytest.raises(ConfigurationError, match="is a str, not SQLAlchemy MetaData"):
-        load_metadata("tests.testing.app:DATABASE")
+    with pytest.raises(ConfigurationError, match="is a FastAPI, not SQLAlchemy MetaData"):
+        load_metadata("notes.app:app")
     assert isinstance(load_metadata("dbrouter.models:Base"), MetaData)

@@ -13,10 +13,9 @@ from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 from sqlalchemy import String, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbrouter import DatabaseRouter, RouterSettings, get_db, get_tenant_db
-from dbrouter.models import Base
 
 __all__ = ["Base", "Note", "app", "router"]
 
@@ -38,12 +37,16 @@ router = DatabaseRouter(
 app = FastAPI(lifespan=router.lifespan)
 
 
+class Base(DeclarativeBase):
+    """The service's tables."""
+
+
 class Note(Base):
     """A note; no two notes of one database have the same text."""
 
     __tablename__ = "notes"
 
-    id: Mapped[int] = mapped_column(primary_key=True, init=False)
+    id: Mapped[int] = mapped_column(primary_key=True)
     text: Mapped[str] = mapped_column(String(200), unique=True)
 
 
@@ -93,3 +96,11 @@ async def add_tenant_note(note: NoteIn, db: TenantWriter) -> dict[str, int]:
 async def list_tenant_notes(db: TenantReader) -> list[str]:
     """The request's tenant's notes."""
     return list((await db.scalars(select(Note.text).order_by(Note.id))).all())
+
+
+@app.post("/welcome", status_code=204)
+async def welcome() -> None:
+    """Leave a welcome note, through the router itself as services and background work do
+    (the module-level ``router``, not a request's session)."""
+    async with router.session(commit=True) as session:
+        session.add(Note(text="welcome"))

@@ -7,7 +7,6 @@ and, for the servers, in the environment; the command line wins, then the enviro
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from .. import loading
 from ..errors import ConfigurationError
 from ..router import DatabaseRouter
 from .isolation import Declaration
@@ -85,35 +85,19 @@ def _flag(config: pytest.Config, name: str) -> bool:
 
 def load(path: str, option: str) -> Any:
     """The object *path* names, as ``module:attribute`` (attributes may be dotted)."""
-    module_name, colon, attribute = path.partition(":")
-    if not colon or not module_name or not attribute:
-        raise ConfigurationError(
-            f"{option}: {path!r} is not module:attribute, as in myapp.main:app"
-        )
-    try:
-        found: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not module_name.startswith(exc.name):
-            raise  # the module exists; something it imports does not
-        raise ConfigurationError(
-            f"{option}: there is no module {module_name!r} (from {path!r}); is the project "
-            "importable from where pytest runs (pythonpath, an installed package)?"
-        ) from None
-    for part in attribute.split("."):
-        try:
-            found = getattr(found, part)
-        except AttributeError:
-            raise ConfigurationError(
-                f"{option}: {module_name!r} has no attribute {attribute!r} (from {path!r})"
-            ) from None
-    return found
+    return loading.load(path, option)
 
 
 def find_router(options: PluginOptions, app: Any) -> DatabaseRouter:
     """The application's router: ``dbrouter_router``, or the router whose lifespan *app*
     runs (``FastAPI(lifespan=router.lifespan)``)."""
     if options.router is not None:
-        found: DatabaseRouter = load(options.router, "dbrouter_router")
+        found = loading.load(options.router, "dbrouter_router")
+        if not isinstance(found, DatabaseRouter):
+            raise ConfigurationError(
+                f"dbrouter_router: {options.router} is a {type(found).__name__}, not a "
+                "DatabaseRouter"
+            )
         return found
     if app is None:
         raise ConfigurationError(
@@ -121,9 +105,8 @@ def find_router(options: PluginOptions, app: Any) -> DatabaseRouter:
             "myapp.db:router or dbrouter_app = myapp.main:app in the pytest configuration "
             "(or --dbrouter-router / --dbrouter-app), or override the dbrouter_router fixture"
         )
-    lifespan = getattr(getattr(app, "router", None), "lifespan_context", None)
-    router = getattr(lifespan, "__self__", None)
-    if not isinstance(router, DatabaseRouter):
+    router = loading.router_of(app)
+    if router is None:
         raise ConfigurationError(
             "dbrouter_app: the app's lifespan is not a router's (FastAPI(lifespan="
             "router.lifespan)), so the router cannot be found from it; name it as well: "
