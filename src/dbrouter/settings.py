@@ -199,6 +199,9 @@ class DatabaseSettings(_Model):
     server_settings: ServerSettings = Field(default_factory=dict)
     """Other PostgreSQL run-time parameters set on every connection, such as
     ``{"lock_timeout": "5s", "jit": "off"}``."""
+    migrations: Path | None = None
+    """The Alembic script directory this database is migrated with (``dbrouter migrate
+    init PATH`` makes one); never on a replica, which follows its primary."""
 
     @model_validator(mode="after")
     def _connection_options_apply(self) -> DatabaseSettings:
@@ -233,6 +236,12 @@ class DatabaseSettings(_Model):
                     "to the database it replicates, or remove "
                     f"{'it' if len(misplaced) == 1 else 'them'}",
                 )
+        elif self.migrations is not None:
+            raise _problem(
+                "migrations",
+                f"a replica is never migrated: it follows {self.replica_of!r}; set "
+                f"migrations on {self.replica_of!r} and remove it here",
+            )
         if self.pgbouncer and is_sqlite(self.url):
             raise _problem(
                 "pgbouncer",
@@ -318,6 +327,9 @@ class TenancySettings(_Model):
     """``database`` strategy: ``ssl_key`` of every tenant's database."""
     server_settings: ServerSettings = Field(default_factory=dict)
     """``database`` strategy: ``server_settings`` of every tenant's database."""
+    migrations: Path | None = None
+    """The Alembic script directory every tenant is migrated with: each tenant's database,
+    or each tenant's schema with an ``alembic_version`` table of its own."""
 
     def tenant_connection(self, tenant: TenantSettings) -> dict[str, Any]:
         """The timeouts, TLS and server settings of *tenant*'s database: each key the
@@ -498,7 +510,9 @@ STRATEGY_KEYS: dict[str, frozenset[str]] = {
 }
 """Keys of `TenancySettings` that belong to one strategy; refused under another."""
 
-_COMMON_TENANCY_KEYS = frozenset({"strategy", "header", "id_pattern", "tenants", "lookup_ttl"})
+_COMMON_TENANCY_KEYS = frozenset(
+    {"strategy", "header", "id_pattern", "tenants", "lookup_ttl", "migrations"}
+)
 
 
 class RouterSettings(BaseSettings):
