@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import DBRouterError
+from .migrations import command as migrate
 from .router import DatabaseRouter
 from .settings import RouterSettings
 from .urls import render
@@ -53,14 +54,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     tenants.add_argument(
         "action", choices=["list"], help="list: print each tenant and where its data lives"
     )
+    migrate.add_parser(commands)
     arguments = parser.parse_args(argv)
     try:
+        if arguments.command == "migrate":
+            return _migrate(arguments)
         if arguments.command == "tenants":
             return _list_tenants()
         return asyncio.run(_check(as_json=arguments.json))
     except DBRouterError as exc:
         print(f"dbrouter: {exc}", file=sys.stderr)
         return 2
+
+
+def _migrate(arguments: argparse.Namespace) -> int:
+    if hasattr(arguments, "standalone"):
+        return int(arguments.standalone(arguments))
+
+    async def run() -> int:
+        router = DatabaseRouter.from_env()
+        try:
+            return int(await arguments.run(router, arguments))
+        finally:
+            await router.dispose()
+
+    return asyncio.run(run())
 
 
 async def _check(*, as_json: bool) -> int:

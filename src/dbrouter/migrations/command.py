@@ -207,7 +207,9 @@ async def run(router: DatabaseRouter, arguments: argparse.Namespace) -> int:
     selection = Selection.of(
         arguments.databases, arguments.tenant_ids, all_tenants=arguments.tenants
     )
-    with ConsoleProgress(Console(stderr=True), arguments.action) as progress:
+    # Names are printed as they are: no :emoji: codes or highlighting in them.
+    errors = Console(stderr=True, emoji=False, highlight=False)
+    with ConsoleProgress(errors, arguments.action) as progress:
         report: MigrationReport = await run_command(
             router,
             arguments.action,
@@ -220,5 +222,5 @@ async def run(router: DatabaseRouter, arguments: argparse.Namespace) -> int:
     if arguments.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        print_table(report, Console())
+        print_table(report, Console(emoji=False, highlight=False))
     return report.exit_status

@@ -17,6 +17,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from .report import MigrationReport, TargetResult
 
@@ -65,14 +66,18 @@ class ConsoleProgress:
     def waiting(self, target: str, holder: int | None) -> None:
         """Say which target waits, and for which server process."""
         by = "" if holder is None else f" (PostgreSQL server process {holder})"
-        self._console.print(f"{target}: another migration of it is running{by}", markup=False)
+        self._console.print(
+            f"{target}: another migration of it is running{by}", markup=False, soft_wrap=True
+        )
 
     def finished(self, result: TargetResult) -> None:
         """Advance the bar; say so when the target failed."""
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, advance=1, description=result.target)
         if result.status == "failed":
-            self._console.print(f"{result.target}: failed: {result.error}", markup=False)
+            self._console.print(
+                f"{result.target}: failed: {result.error}", markup=False, soft_wrap=True
+            )
 
 
 def print_table(report: MigrationReport, console: Console) -> None:
@@ -87,15 +92,16 @@ def print_table(report: MigrationReport, console: Console) -> None:
     table.add_column("seconds", justify="right")
     table.add_column("error")
     for result in report.targets:
+        # Text, not markup: an error may hold brackets.
         cells = [
-            result.target,
-            _revisions(result.before),
-            _revisions(result.after),
-            f"[{_STYLES[result.status]}]{result.status}[/]",
+            Text(result.target),
+            Text(_revisions(result.before)),
+            Text(_revisions(result.after)),
+            Text(result.status, style=_STYLES[result.status]),
         ]
         if report.command == "status":
-            cells.append("[bold yellow]yes[/]" if result.behind else "no")
-        cells += [f"{result.seconds:.2f}", result.error or ""]
+            cells.append(Text("yes", style="bold yellow") if result.behind else Text("no"))
+        cells += [Text(f"{result.seconds:.2f}"), Text(result.error or "")]
         table.add_row(*cells)
     console.print(table)
     console.print(_totals(report), markup=False, highlight=False)
