@@ -101,3 +101,15 @@ def downgrade() -> None:
 {textwrap.indent(textwrap.dedent(revision.downgrade).strip(), "    ")}
 '''
     (path / "versions" / f"{revision.id}.py").write_text(source, encoding="utf-8")
+
+
+# SQLite alters no constraint in place: its tenants' second revision adds a column.
+SQLITE_TENANT_REVISIONS = (
+    TENANT_REVISIONS[0],
+    Revision(
+        "t2",
+        "t1",
+        """op.add_column("notes", sa.Column("title", sa.Text))""",
+        """op.drop_column("notes", "title")""",
+    ),
+)

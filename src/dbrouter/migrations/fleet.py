@@ -198,8 +198,7 @@ class _Runner:
                 connection.begin(),
             ):
                 postgresql = connection.dialect.name == "postgresql"
-                if postgresql:
-                    await prepare(connection, place)
+                await prepare(connection, place)
                 before = await _revisions(connection, place)
                 after = before
                 if self._moves(before, scripts):
@@ -273,8 +272,17 @@ class _Runner:
 
 
 async def prepare(connection: AsyncConnection, place: Place) -> None:
-    """Start a migration transaction on PostgreSQL: no request time limits, and a schema
-    tenant's search path pinned."""
+    """Begin a migration transaction on *connection*, which has just begun one.
+
+    PostgreSQL: without the request time limits, and a schema tenant's search path
+    pinned. SQLite: with an explicit ``BEGIN``, since the driver begins a transaction only
+    before data changes, and DDL run before that would stay when the migration fails.
+    """
+    if connection.dialect.name == "sqlite":
+        await connection.exec_driver_sql("BEGIN")
+        return
+    if connection.dialect.name != "postgresql":
+        return
     await connection.execute(_UNLIMITED)
     if place.search_path is not None:
         # Transaction-local, as the tenant's sessions pin it: raw SQL of a revision lands
