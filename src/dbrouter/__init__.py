@@ -16,9 +16,11 @@ from .errors import (
     RouterClosedError,
     SessionClosedError,
     TenantError,
+    TenantExistsError,
     TenantResolutionError,
     UnknownDatabaseError,
     UnknownTenantError,
+    UnmanagedTenantError,
 )
 from .events import EventBus
 from .health import DatabaseHealth, HealthReport, PoolStats
@@ -78,12 +80,14 @@ __all__ = [
     "TenancyStrategy",
     "TenantCatalog",
     "TenantError",
+    "TenantExistsError",
     "TenantRequest",
     "TenantResolutionError",
     "TenantResolver",
     "TenantSettings",
     "UnknownDatabaseError",
     "UnknownTenantError",
+    "UnmanagedTenantError",
     "current_tenant",
     "get_db",
     "get_tenant",

@@ -143,7 +143,7 @@ class LentSession:
                 database.leases.release()
                 sync_session = session.sync_session
                 if isinstance(sync_session, GuardedSession):
-                    sync_session.ended = _ENDED
+                    sync_session.end(_ENDED)
                 if isinstance(sync_session, ReplicaSession):
                     # The hook refers back to this object: left in place, every replica
                     # session would live on in a reference cycle until a collection.

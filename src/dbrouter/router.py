@@ -13,12 +13,13 @@ from .budget import ConnectionBudget
 from .context import tenant_context
 from .databases import Database, SessionFactory
 from .engines import EngineFactory
-from .errors import ConfigurationError, RouterClosedError, UnknownDatabaseError
+from .errors import ConfigurationError, RouterClosedError, TenantError, UnknownDatabaseError
 from .events import EventBus
 from .health import HealthReport, check_databases
 from .lending import LentSession
 from .lifecycle import Lifecycle, State
 from .logs import log_events
+from .migrations import MISSING_EXTRA
 from .registry import DatabaseRegistry
 from .replicas.rotation import ReplicaSet
 from .replicas.routing import Replication
@@ -36,6 +37,8 @@ __all__ = ["DatabaseRouter"]
 
 # Routing is retried when the engine found was evicted before a session could lease it.
 _ROUTE_ATTEMPTS = 3
+# Seconds a tenant whose first migration failed may take to be dropped again.
+_UNDO_TIMEOUT = 10.0
 
 
 class DatabaseRouter:
@@ -176,7 +179,7 @@ class DatabaseRouter:
         server the replica routing picks.
         """
         database = self.database(name)
-        if database.is_replica and self._replication is not None:
+        if self._replication is not None and database.is_replica:
             group = self._replication.groups[database.name]
             return LentSession(None, commit=commit, route=group.lend_route)
         return LentSession(database, database.sessionmaker, commit=commit)
@@ -222,6 +225,48 @@ class DatabaseRouter:
     def remove_tenant(self, tenant: str) -> None:
         """Forget a tenant declared in configuration or by `add_tenant`."""
         self.tenancy.remove(tenant)
+
+    async def create_tenant(self, tenant: str) -> None:
+        """Create *tenant*'s database (from ``tenancy.url_template``) or schema (from
+        ``tenancy.schema_template``); the next request for it is served at once.
+
+        The id is validated first (`TenantResolutionError`). A tenant with a ``url`` of its
+        own or from a catalog is refused (`UnmanagedTenantError`), as is one whose storage
+        exists already (`TenantExistsError`). The template's role needs the right to
+        create databases (``CREATEDB``) or schemas.
+
+        With ``tenancy.migrations`` set, the new tenant is migrated to head before this
+        returns; when that fails, its database or schema is dropped again and
+        `TenantError` says why.
+        """
+        tenancy = self.tenancy
+        if tenancy.settings.migrations is None:
+            await tenancy.create(tenant)
+            return
+        # Alembic is imported only by applications whose tenants have migrations.
+        try:
+            from .migrations.fleet import upgrade
+        except ImportError:
+            raise ConfigurationError(f"tenancy.migrations is set: {MISSING_EXTRA}") from None
+        await tenancy.create(tenant)
+        (result,) = (await upgrade(self, tenants=[tenant])).targets
+        if result.status == "failed":
+            await tenancy.drop(tenant, _UNDO_TIMEOUT)
+            raise TenantError(
+                f"tenant {tenant!r} was not created: migrating it to head failed "
+                f"({result.error}); its database or schema was dropped again"
+            )
+
+    async def drop_tenant(self, tenant: str, *, timeout: float = 10.0) -> None:
+        """Drop *tenant*'s database or schema, and everything in it.
+
+        From the call on, a request for the tenant is a 404. Its sessions get up to
+        *timeout* seconds to finish, then its engine is disposed and its storage dropped
+        (a database ``WITH (FORCE)`` on PostgreSQL 13+, so other processes' connections to
+        it are closed too). Errors as `create_tenant`; `UnknownTenantError` when there is
+        nothing to drop.
+        """
+        await self.tenancy.drop(tenant, timeout)
 
     async def check(self) -> HealthReport:
         """Ping every database and report status, latency and pool figures; for replicas

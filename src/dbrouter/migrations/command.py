@@ -14,12 +14,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, UnknownDatabaseError
 from . import MISSING_EXTRA
 
 if TYPE_CHECKING:
     from ..router import DatabaseRouter
     from .report import MigrationReport
+    from .targets import Selection
 
 __all__ = ["add_parser", "initialize", "run"]
 
@@ -200,6 +201,9 @@ async def _run_revision(router: DatabaseRouter, arguments: argparse.Namespace) -
     except CommandError as exc:
         print(f"dbrouter: {exc}", file=sys.stderr)
         return 1
+    except UnknownDatabaseError as exc:
+        print(f"dbrouter: {exc}", file=sys.stderr)
+        return 2
     print(f"created {written}")
     return 0
 
@@ -208,16 +212,27 @@ async def run(router: DatabaseRouter, arguments: argparse.Namespace) -> int:
     """``dbrouter migrate upgrade|downgrade|current|status`` on *router*."""
     if _extra_missing():
         return 2
-    from rich.console import Console
-
-    from .display import ConsoleProgress, print_table
-    from .fleet import run_command
     from .targets import Selection
 
     _importable_from_here()
     selection = Selection.of(
         arguments.databases, arguments.tenant_ids, all_tenants=arguments.tenants
     )
+    try:
+        return await _run_command(router, arguments, selection)
+    except UnknownDatabaseError as exc:
+        print(f"dbrouter: {exc}", file=sys.stderr)  # a name given wrong: a usage error
+        return 2
+
+
+async def _run_command(
+    router: DatabaseRouter, arguments: argparse.Namespace, selection: Selection
+) -> int:
+    from rich.console import Console
+
+    from .display import ConsoleProgress, print_table
+    from .fleet import run_command
+
     # Names are printed as they are: no :emoji: codes or highlighting in them.
     errors = Console(stderr=True, emoji=False, highlight=False)
     with ConsoleProgress(errors, arguments.action) as progress:
