@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -48,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     arguments = parser.parse_args(argv)
     command: Command = arguments.run
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the app, and its migrations' env.py, import from here
     if hasattr(arguments, "standalone"):
         return int(arguments.standalone(arguments))  # needs no configuration
     try:

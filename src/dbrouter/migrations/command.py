@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -154,14 +153,6 @@ def _extra_missing() -> bool:
     return False
 
 
-def _importable_from_here() -> None:
-    """Let ``env.py`` import the application from the working directory, as Alembic's own
-    ``prepend_sys_path = .`` does (a console script's path starts at its own directory)."""
-    here = os.getcwd()
-    if here not in sys.path and "" not in sys.path:
-        sys.path.insert(0, here)
-
-
 def initialize(arguments: argparse.Namespace) -> int:
     """``dbrouter migrate init``, which needs no configuration."""
     if _extra_missing():
@@ -188,7 +179,6 @@ async def _run_revision(router: DatabaseRouter, arguments: argparse.Namespace) -
 
     from .scaffold import revision
 
-    _importable_from_here()
     try:
         written = await revision(
             router,
@@ -214,7 +204,6 @@ async def run(router: DatabaseRouter, arguments: argparse.Namespace) -> int:
         return 2
     from .targets import Selection
 
-    _importable_from_here()
     selection = Selection.of(
         arguments.databases, arguments.tenant_ids, all_tenants=arguments.tenants
     )
