@@ -34,11 +34,14 @@ logger = logging.getLogger("dbrouter")
 # A migration may take longer than any request, and a target may wait, idle in its
 # transaction, for another target's turn: the database's own limits for requests do not
 # apply to it. DDL that must not queue behind other locks sets lock_timeout itself.
-_UNLIMITED = text(
+_UNLIMITED = (
     "SELECT set_config('statement_timeout', '0', true), "
     "set_config('idle_in_transaction_session_timeout', '0', true)"
 )
-_PIN = text("SELECT set_config('search_path', :path, true)")
+_PREPARE = text(_UNLIMITED)
+# Transaction-local, as the tenant's sessions pin it: raw SQL of a revision lands in the
+# tenant's schema, and nothing is left on the connection afterwards.
+_PREPARE_PINNED = text(f"{_UNLIMITED}, set_config('search_path', :path, true)")
 _HEADS = ("head", "heads")
 
 
@@ -283,11 +286,10 @@ async def prepare(connection: AsyncConnection, place: Place) -> None:
         return
     if connection.dialect.name != "postgresql":
         return
-    await connection.execute(_UNLIMITED)
-    if place.search_path is not None:
-        # Transaction-local, as the tenant's sessions pin it: raw SQL of a revision lands
-        # in the tenant's schema, and nothing is left on the connection afterwards.
-        await connection.execute(_PIN, {"path": place.search_path})
+    if place.search_path is None:
+        await connection.execute(_PREPARE)
+    else:
+        await connection.execute(_PREPARE_PINNED, {"path": place.search_path})
 
 
 async def _revisions(connection: AsyncConnection, place: Place) -> tuple[str, ...]:
