@@ -42,44 +42,37 @@ if str(REPO_ROOT) not in sys.path:
 
 URL_ENV = "DBROUTER_BENCH_URL"
 
+# A table with an index, then a column: (id, down revision, upgrade, downgrade).
 REVISIONS = (
     (
         "b1",
         None,
         """
-    op.create_table(
-        "items",
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("name", sa.Text, nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
-    )
-    op.create_index("ix_items_name", "items", ["name"])""",
-        """
-    op.drop_table("items")""",
+        op.create_table(
+            "items",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("name", sa.Text, nullable=False),
+            sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        )
+        op.create_index("ix_items_name", "items", ["name"])
+        """,
+        'op.drop_table("items")',
     ),
     (
         "b2",
         "b1",
-        """
-    op.add_column("items", sa.Column("done", sa.Boolean, server_default="false"))""",
-        """
-    op.drop_column("items", "done")""",
+        'op.add_column("items", sa.Column("done", sa.Boolean, server_default="false"))',
+        'op.drop_column("items", "done")',
     ),
 )
 
 
-def script_directory(path: Path) -> Path:
-    """A script directory with the benchmark's two revisions."""
-    migrations.init(path)
-    for revision, down, upgrade, downgrade in REVISIONS:
-        (path / "versions" / f"{revision}.py").write_text(
-            f"import sqlalchemy as sa\nfrom alembic import op\n\n"
-            f"revision = {revision!r}\ndown_revision = {down!r}\n"
-            f"branch_labels = None\ndepends_on = None\n\n\n"
-            f"def upgrade() -> None:{upgrade}\n\n\ndef downgrade() -> None:{downgrade}\n",
-            encoding="utf-8",
-        )
-    return path
+def bench_scripts(path: Path) -> Path:
+    """A script directory with the benchmark's two revisions (written as the test suite
+    writes its own)."""
+    from tests.support.scripts import Revision, script_directory
+
+    return script_directory(path, [Revision(*revision) for revision in REVISIONS])
 
 
 def with_database(url: str, database: str) -> str:
@@ -175,7 +168,7 @@ async def tenant_databases(
 
 async def run(admin_url: str, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="dbr-bench-") as scratch:
-        scripts = script_directory(Path(scratch) / "tenants")
+        scripts = bench_scripts(Path(scratch) / "tenants")
         await schema_tenants(admin_url, scripts, args.schemas, args.concurrency[-1])
         await tenant_databases(admin_url, scripts, args.databases, args.concurrency, args.rounds)
 

@@ -48,11 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line *argv*; returns the exit status."""
     parser = _parser()
     arguments = parser.parse_args(argv)
-    command: Command = arguments.run
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # the app, and its migrations' env.py, import from here
     if hasattr(arguments, "standalone"):
         return int(arguments.standalone(arguments))  # needs no configuration
+    command: Command = arguments.run
     try:
         router = DatabaseRouter.from_env() if arguments.app is None else load_router(arguments.app)
         return asyncio.run(_run(command, router, arguments))

@@ -3,6 +3,7 @@ compares the metadata with that schema alone."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,19 @@ def use_metadata(directory: Path, expression: str) -> None:
     )
 
 
+def autogenerate(
+    message: str, *selection: str, environment: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """``dbrouter migrate revision --autogenerate`` for *selection*."""
+    arguments = ("migrate", "revision", "-m", message, "--autogenerate", *selection)
+    return run_cli(*arguments, environment=environment, cwd=cwd)
+
+
+def written(result: subprocess.CompletedProcess[str]) -> str:
+    """The revision file a ``revision`` run says it created."""
+    return Path(result.stdout.split("created ", 1)[1].strip()).read_text()
+
+
 def test_autogenerate_compares_each_kind_with_its_own_tables(
     schema_fleet: Fleet, tmp_path: Path
 ) -> None:
@@ -117,34 +131,15 @@ def test_autogenerate_compares_each_kind_with_its_own_tables(
     env = fleet.environment
     assert run_cli("migrate", "upgrade", environment=env, cwd=tmp_path).returncode == 0
 
-    primary = run_cli(
-        "migrate",
-        "revision",
-        "-m",
-        "invoices",
-        "--database",
-        "primary",
-        "--autogenerate",
-        environment=env,
-        cwd=tmp_path,
-    )
+    primary = autogenerate("invoices", "--database", "primary", environment=env, cwd=tmp_path)
     assert primary.returncode == 0, primary.stderr
-    source = Path(primary.stdout.split("created ", 1)[1].strip()).read_text()
+    source = written(primary)
     assert "op.create_table('invoices'" in source
     assert "plans" not in source
 
-    tenants = run_cli(
-        "migrate",
-        "revision",
-        "-m",
-        "labels",
-        "--tenants",
-        "--autogenerate",
-        environment=env,
-        cwd=tmp_path,
-    )
+    tenants = autogenerate("labels", "--tenants", environment=env, cwd=tmp_path)
     assert tenants.returncode == 0, tenants.stderr
-    source = Path(tenants.stdout.split("created ", 1)[1].strip()).read_text()
+    source = written(tenants)
     upgrade = source.split("def downgrade", 1)[0]
     assert "op.create_table('labels'" in upgrade
     assert "alter_column" not in upgrade  # notes is as the metadata says
@@ -166,32 +161,13 @@ def test_autogenerate_needs_a_tenant_and_an_up_to_date_one(
     (tmp_path / "app_models.py").write_text(MODELS)
     use_metadata(fleet.scripts["tenants"], "tenants")
     env = fleet.environment
-    late = run_cli(
-        "migrate",
-        "revision",
-        "-m",
-        "x",
-        "--tenant",
-        "hooli",
-        "--autogenerate",
-        environment=env,
-        cwd=tmp_path,
-    )
+    late = autogenerate("x", "--tenant", "hooli", environment=env, cwd=tmp_path)
     assert late.returncode == 1
     assert "tenant:hooli: Target database is not up to date" in late.stderr
     alone = {
         **env,
         "DBROUTER_TENANCY__SCHEMA_TEMPLATE": "nobody_{tenant}",
     }
-    nobody = run_cli(
-        "migrate",
-        "revision",
-        "-m",
-        "x",
-        "--tenants",
-        "--autogenerate",
-        environment=alone,
-        cwd=tmp_path,
-    )
+    nobody = autogenerate("x", "--tenants", environment=alone, cwd=tmp_path)
     assert nobody.returncode == 2
     assert "there is no tenant yet" in nobody.stderr

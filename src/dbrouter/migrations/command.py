@@ -61,7 +61,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="MODULE:ATTRIBUTE",
         help="the application's metadata, for --autogenerate (myapp.models:Base.metadata)",
     )
-    init.set_defaults(run=_run_init, standalone=initialize)
+    init.set_defaults(standalone=initialize)
     revision = actions.add_parser(
         "revision",
         help="write a new revision for a database or for the tenants",
@@ -153,6 +153,11 @@ def _extra_missing() -> bool:
     return False
 
 
+def _failed(error: Exception, status: int) -> int:
+    print(f"dbrouter: {error}", file=sys.stderr)
+    return status
+
+
 def initialize(arguments: argparse.Namespace) -> int:
     """``dbrouter migrate init``, which needs no configuration."""
     if _extra_missing():
@@ -162,14 +167,9 @@ def initialize(arguments: argparse.Namespace) -> int:
     try:
         directory = init(arguments.path, metadata=arguments.metadata)
     except ConfigurationError as exc:
-        print(f"dbrouter: {exc}", file=sys.stderr)
-        return 2
+        return _failed(exc, 2)
     print(f"created {directory}: point databases.<name>.migrations or tenancy.migrations at it")
     return 0
-
-
-async def _run_init(router: DatabaseRouter, arguments: argparse.Namespace) -> int:
-    return initialize(arguments)
 
 
 async def _run_revision(router: DatabaseRouter, arguments: argparse.Namespace) -> int:
@@ -189,11 +189,9 @@ async def _run_revision(router: DatabaseRouter, arguments: argparse.Namespace) -
             autogenerate=arguments.autogenerate,
         )
     except CommandError as exc:
-        print(f"dbrouter: {exc}", file=sys.stderr)
-        return 1
+        return _failed(exc, 1)
     except UnknownDatabaseError as exc:
-        print(f"dbrouter: {exc}", file=sys.stderr)
-        return 2
+        return _failed(exc, 2)  # a name given wrong: a usage error
     print(f"created {written}")
     return 0
 
@@ -210,8 +208,7 @@ async def run(router: DatabaseRouter, arguments: argparse.Namespace) -> int:
     try:
         return await _run_command(router, arguments, selection)
     except UnknownDatabaseError as exc:
-        print(f"dbrouter: {exc}", file=sys.stderr)  # a name given wrong: a usage error
-        return 2
+        return _failed(exc, 2)
 
 
 async def _run_command(
