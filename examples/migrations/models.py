@@ -1,7 +1,8 @@
 """The example's tables: plans on the primary, projects in every tenant's schema.
 
 Each kind of database has a metadata of its own, and so an Alembic script directory of
-its own: ``primary/`` compares with `Base`'s metadata, ``tenants/`` with `TenantBase`'s.
+its own: ``primary/`` compares with `PrimaryBase`'s metadata, ``tenants/`` with
+`TenantBase`'s.
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 from sqlalchemy import MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
 
-from dbrouter.models import NAMING_CONVENTION, Base, TimestampMixin
+from dbrouter.models import NAMING_CONVENTION, TimestampMixin
 
-# Base (dbrouter.models.Base) holds the primary's tables.
+__all__ = ["Plan", "PrimaryBase", "Project", "TenantBase"]
 
-__all__ = ["Base", "Plan", "Project", "TenantBase"]
+
+class PrimaryBase(MappedAsDataclass, DeclarativeBase):
+    """The primary's tables."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class TenantBase(MappedAsDataclass, DeclarativeBase):
@@ -22,7 +27,7 @@ class TenantBase(MappedAsDataclass, DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Plan(Base):
+class Plan(PrimaryBase):
     """A plan a tenant can be on: one table, on the primary, for everyone."""
 
     __tablename__ = "plans"

@@ -87,6 +87,17 @@ ServerSettings = Annotated[dict[str, str], BeforeValidator(check_server_settings
 CertificateFile = Annotated[Path, AfterValidator(readable_file)]
 """A file of the TLS settings: it must exist and be readable when the settings are built."""
 
+
+def _not_a_url(value: object) -> object:
+    if isinstance(value, str) and "://" in value:
+        # Never echoed: a URL put here by mistake would carry its password.
+        raise ConfigurationError("expected the path of an Alembic script directory, not a URL")
+    return value
+
+
+ScriptDirectoryPath = Annotated[Path, BeforeValidator(_not_a_url)]
+"""The path of an Alembic script directory (checked when a migration runs, not before)."""
+
 _CONNECTION_KEYS = (
     "statement_timeout",
     "idle_in_transaction_timeout",
@@ -199,7 +210,7 @@ class DatabaseSettings(_Model):
     server_settings: ServerSettings = Field(default_factory=dict)
     """Other PostgreSQL run-time parameters set on every connection, such as
     ``{"lock_timeout": "5s", "jit": "off"}``."""
-    migrations: Path | None = None
+    migrations: ScriptDirectoryPath | None = None
     """The Alembic script directory this database is migrated with (``dbrouter migrate
     init PATH`` makes one); never on a replica, which follows its primary."""
 
@@ -327,7 +338,7 @@ class TenancySettings(_Model):
     """``database`` strategy: ``ssl_key`` of every tenant's database."""
     server_settings: ServerSettings = Field(default_factory=dict)
     """``database`` strategy: ``server_settings`` of every tenant's database."""
-    migrations: Path | None = None
+    migrations: ScriptDirectoryPath | None = None
     """The Alembic script directory every tenant is migrated with: each tenant's database,
     or each tenant's schema with an ``alembic_version`` table of its own."""
 

@@ -4,6 +4,10 @@ database or a schema each."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import asyncpg
 
 from dbrouter import migrations
@@ -119,9 +123,11 @@ async def test_status_is_the_drift_check(schema_fleet: Fleet) -> None:
     assert all(result.behind is None for result in now.targets)
 
 
-async def test_downgrade_to_base_and_upgrade_again(database_fleet: Fleet) -> None:
+async def test_downgrade_to_base_and_upgrade_again(
+    database_fleet: Fleet, postgres_admin_url: str
+) -> None:
     fleet = database_fleet
-    async with fleet.router() as router:
+    async with fleet.router(max_connections=3) as router:
         await migrations.upgrade(router)
         down = await migrations.downgrade(router, "base")
         assert {result.after for result in down.targets} == {()}
@@ -129,7 +135,34 @@ async def test_downgrade_to_base_and_upgrade_again(database_fleet: Fleet) -> Non
             assert await tables_of(fleet.urls[target]) == {"alembic_version"}
         again = await migrations.downgrade(router, "base")
         assert {result.status for result in again.targets} == {"unchanged"}
-        up = await migrations.upgrade(router)
+        async with most_connections(postgres_admin_url) as seen:
+            up = await migrations.upgrade(router, concurrency=8)
     assert {result.status for result in up.targets} == {"ok"}
     for target in fleet.tenant_targets:
         assert await version_of(fleet.urls[target]) == ["t2"]
+    # Concurrency 8, yet never more server connections than max_connections.
+    assert 1 <= max(seen) <= 3
+
+
+HELD = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'dbrouter:%'"
+
+
+@asynccontextmanager
+async def most_connections(admin_url: str) -> AsyncIterator[list[int]]:
+    """Samples of how many server connections dbrouter holds, taken while the block runs."""
+    seen: list[int] = []
+    watcher = await asyncpg.connect(admin_url)
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            seen.append(await watcher.fetchval(HELD))
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(watch())
+    try:
+        yield seen
+    finally:
+        done.set()
+        await task
+        await watcher.close()

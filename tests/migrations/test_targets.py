@@ -3,8 +3,11 @@ databases, declared and catalog tenants, tenants that do not exist or cannot be 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import warnings
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -132,6 +135,20 @@ async def test_database_selection_errors_name_the_choices(tmp_path: Path) -> Non
         assert (await migrations.upgrade(router)).ok
 
 
+def test_migrations_takes_a_path_and_never_shows_a_url_given_instead() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        RouterSettings(
+            databases={"primary": {"url": "sqlite://", "migrations": "postgresql://a:secret@h/d"}}
+        )
+    assert raised.value.problems == (
+        (
+            "databases.primary.migrations",
+            "expected the path of an Alembic script directory, not a URL",
+        ),
+    )
+    assert "secret" not in str(raised.value)
+
+
 def test_a_replica_with_migrations_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"databases\.replica\.migrations: a replica"):
         RouterSettings(
@@ -213,3 +230,91 @@ def test_init_refuses_bad_metadata_and_busy_directories(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     assert migrations.init(tmp_path / "empty") == tmp_path / "empty"
     assert "target_metadata = None" in (tmp_path / "empty" / "env.py").read_text()
+
+
+def test_two_event_loops_of_one_process_take_turns(tmp_path: Path) -> None:
+    # Alembic's module-wide state allows one migration at a time in a process, whichever
+    # thread's event loop runs it.
+    tenants = script_directory(tmp_path / "tenants", SQLITE_TENANT_REVISIONS)
+    add_revision(tenants, Revision("t3", "t2", "import time\n\ntime.sleep(0.3)"))
+
+    def migrate(name: str) -> migrations.MigrationReport:
+        settings = RouterSettings(
+            databases={"primary": {"url": "sqlite://"}},
+            tenancy={
+                "migrations": tenants,
+                "tenants": {name: {"url": f"sqlite:///{tmp_path}/{name}.db"}},
+            },
+        )
+
+        async def run() -> migrations.MigrationReport:
+            async with DatabaseRouter(settings) as router:
+                return await migrations.upgrade(router)
+
+        return asyncio.run(run())
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = list(pool.map(migrate, ["acme", "globex"]))
+    for report, name in zip(reports, ["acme", "globex"], strict=True):
+        assert report.ok, report.as_dict()
+        assert sqlite_version(tmp_path / f"{name}.db") == ["t3"]
+
+
+async def test_what_is_missing_is_said(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/app.db"
+    async with DatabaseRouter(RouterSettings(databases={"primary": {"url": url}})) as router:
+        with pytest.raises(ConfigurationError, match="nothing to migrate"):
+            await migrations.upgrade(router)
+    async with DatabaseRouter(
+        RouterSettings(databases={"primary": {"url": url}}, tenancy={})
+    ) as router:
+        with pytest.raises(ConfigurationError, match=r"tenancy\.migrations is not set"):
+            await migrations.status(router, all_tenants=True)
+        with pytest.raises(ConfigurationError, match=r"tenancy\.migrations is not set"):
+            await migrations.revision(router, "x", tenants=True)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    broken = migrations.init(tmp_path / "broken")
+    add_revision(broken, Revision("r2", "r1", "pass"))
+    for directory, message in ((bare, "has no env.py"), (broken, "cannot be read")):
+        settings = RouterSettings(databases={"primary": {"url": url, "migrations": directory}})
+        async with DatabaseRouter(settings) as router:
+            with (
+                pytest.raises(ConfigurationError, match=message) as raised,
+                warnings.catch_warnings(),
+            ):
+                warnings.simplefilter("ignore")  # Alembic warns of the missing revision too
+                await migrations.upgrade(router)
+        assert str(raised.value).startswith(f"databases.primary.migrations: {directory}")
+
+
+def test_a_report_is_looked_up_by_target() -> None:
+    result = migrations.TargetResult("tenant:acme", (), ("r1",), "ok")
+    report = migrations.MigrationReport("upgrade", [result])
+    assert report["tenant:acme"] is result
+    with pytest.raises(KeyError):
+        report["tenant:globex"]
+    assert report.exit_status == 0
+    assert migrations.MigrationReport("upgrade", [result, result]).as_dict()["failed"] == 0
+
+
+def test_without_alembic_the_python_api_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "alembic", None)
+    monkeypatch.delitem(sys.modules, "dbrouter.migrations.fleet", raising=False)
+    with pytest.raises(ModuleNotFoundError, match=r"fastapi-dbrouter\[migrations\]"):
+        migrations.upgrade  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        migrations.nothing  # noqa: B018
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={"primary": {"url": "sqlite://"}},
+            tenancy={"url_template": "postgresql://a@h/t_{tenant}", "migrations": tmp_path},
+        )
+    )
+    with pytest.raises(ConfigurationError, match=r"tenancy\.migrations is set: migrations need"):
+        asyncio.run(router.create_tenant("acme"))
+    asyncio.run(router.dispose())

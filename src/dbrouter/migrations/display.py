@@ -66,18 +66,18 @@ class ConsoleProgress:
     def waiting(self, target: str, holder: int | None) -> None:
         """Say which target waits, and for which server process."""
         by = "" if holder is None else f" (PostgreSQL server process {holder})"
-        self._console.print(
-            f"{target}: another migration of it is running{by}", markup=False, soft_wrap=True
-        )
+        self._say(f"{target}: another migration of it is running{by}")
 
     def finished(self, result: TargetResult) -> None:
         """Advance the bar; say so when the target failed."""
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, advance=1, description=result.target)
         if result.status == "failed":
-            self._console.print(
-                f"{result.target}: failed: {result.error}", markup=False, soft_wrap=True
-            )
+            self._say(f"{result.target}: failed: {result.error}")
+
+    def _say(self, line: str) -> None:
+        # As it is: names and errors hold no markup, and one line stays one line.
+        self._console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def print_table(report: MigrationReport, console: Console) -> None:

@@ -159,13 +159,11 @@ async def run_command(
     for target in targets:
         if target.scripts not in scripts:
             scripts[target.scripts] = Scripts(target.scripts, key=target.key)
-    budget = router.settings.max_connections
-    gate = asyncio.Semaphore(concurrency if budget is None else min(concurrency, budget))
     follower = progress or SilentProgress()
     follower.started([target.name for target in targets])
     runner = _Runner(command, revision, wait=wait, progress=follower)
 
-    async def one(target: Target) -> TargetResult:
+    async def one(target: Target, gate: asyncio.Semaphore) -> TargetResult:
         async with gate:
             result = await runner.run(target, scripts[target.scripts])
         follower.finished(result)
@@ -176,8 +174,18 @@ async def run_command(
         [target for target in targets if not target.is_tenant],
         [target for target in targets if target.is_tenant],
     ):
-        results += await asyncio.gather(*(one(target) for target in phase))
+        gate = asyncio.Semaphore(_in_flight(router, concurrency))
+        results += await asyncio.gather(*(one(target, gate) for target in phase))
     return MigrationReport(command, results)
+
+
+def _in_flight(router: DatabaseRouter, concurrency: int) -> int:
+    """How many targets may migrate at once: *concurrency*, but no more than the slots
+    of ``max_connections`` free now (the pools of the named databases keep theirs)."""
+    limit = router.settings.max_connections
+    if limit is None:
+        return concurrency
+    return max(1, min(concurrency, limit - (router.open_connections or 0)))
 
 
 class _Runner:
@@ -283,8 +291,6 @@ async def prepare(connection: AsyncConnection, place: Place) -> None:
     """
     if connection.dialect.name == "sqlite":
         await connection.exec_driver_sql("BEGIN")
-        return
-    if connection.dialect.name != "postgresql":
         return
     if place.search_path is None:
         await connection.execute(_PREPARE)

@@ -26,7 +26,7 @@ __all__ = ["init", "revision"]
 
 _TEMPLATE = files("dbrouter.migrations") / "template"
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-_HINT = "\n# For example: from myapp.models import Base, then target_metadata = Base.metadata"
+_HINT = "\n# For example: from myapp.models import Base; target_metadata = Base.metadata"
 
 
 def init(path: str | Path, *, metadata: str | None = None) -> Path:
@@ -122,8 +122,7 @@ async def revision(
         place.database.engine.connect() as connection,
         connection.begin(),
     ):
-        if connection.dialect.name == "postgresql":
-            await prepare(connection, place)
+        await prepare(connection, place)
         async with alembic_turn():
             written = await connection.run_sync(_autogenerate, scripts, message, target, place)
     return written

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
 from ..errors import ConfigurationError
@@ -44,8 +45,11 @@ class Scripts:
         try:
             self.directory = ScriptDirectory.from_config(alembic_config(path))
             self.heads = tuple(sorted(self.directory.get_heads()))
-        except CommandError as exc:
-            raise ConfigurationError(f"{key}: {path}: {exc}") from exc
+        except (CommandError, RevisionError, KeyError) as exc:
+            # A KeyError names a revision another one follows that is not there.
+            raise ConfigurationError(
+                f"{key}: {path}: its revisions cannot be read ({type(exc).__name__}: {exc})"
+            ) from exc
 
     @cached_property
     def revisions(self) -> frozenset[str]:
