@@ -16,9 +16,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from asyncpg.transaction import Transaction
 from sqlalchemy.engine import make_url
 
 from dbrouter import DatabaseRouter, RouterSettings
+from dbrouter.migrations.locks import lock_key
 from tests.conftest import fresh_database
 from tests.support.scripts import (
     ANALYTICS_REVISIONS,
@@ -153,6 +155,33 @@ def environment_of(settings: Mapping[str, Any], prefix: str = "DBROUTER") -> dic
         else:
             variables[name] = str(value)
     return variables
+
+
+@dataclass
+class HeldLock:
+    """Another session holding a target's advisory lock."""
+
+    connection: asyncpg.Connection
+    transaction: Transaction
+    """Commit it to let the lock go."""
+    pid: int
+    """The session's server process."""
+
+
+@asynccontextmanager
+async def held_lock(url: str, target: str) -> AsyncIterator[HeldLock]:
+    """A session of the database at *url* holding *target*'s lock, as a migration of it
+    running elsewhere would."""
+    connection = await asyncpg.connect(url)
+    try:
+        transaction = connection.transaction()
+        await transaction.start()
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", lock_key(target))
+        yield HeldLock(
+            connection, transaction, await connection.fetchval("SELECT pg_backend_pid()")
+        )
+    finally:
+        await connection.close()
 
 
 def run_cli(

@@ -15,11 +15,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from dbrouter.migrations.locks import lock_key
 from tests.migrations.conftest import (
     CONSOLE_SCRIPT,
     TENANTS,
     Fleet,
+    held_lock,
     json_of,
     run_cli,
 )
@@ -98,6 +98,9 @@ def test_a_failing_tenant_exits_1_and_is_named(schema_fleet: Fleet) -> None:
     assert lines[-1] == "6 target(s): 0 ok, 5 unchanged, 1 failed"
 
 
+WAITING = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+
+
 def test_two_deploys_at_once_migrate_each_target_once(schema_fleet: Fleet) -> None:
     # A slow revision that would fail if it ran twice on a target.
     add_revision(
@@ -117,12 +120,7 @@ def test_two_deploys_at_once_migrate_each_target_once(schema_fleet: Fleet) -> No
 
     async def race() -> tuple[int, list[subprocess.CompletedProcess[str]]]:
         # The test holds the primary's lock until both deploys wait for it.
-        holder = await asyncpg.connect(url)
-        try:
-            transaction = holder.transaction()
-            await transaction.start()
-            await holder.execute("SELECT pg_advisory_xact_lock($1)", lock_key("database:primary"))
-            pid = await holder.fetchval("SELECT pg_backend_pid()")
+        async with held_lock(url, "database:primary") as held:
             deploys = [
                 asyncio.create_task(
                     asyncio.to_thread(run_cli, "migrate", "upgrade", "--json", environment=env)
@@ -130,18 +128,11 @@ def test_two_deploys_at_once_migrate_each_target_once(schema_fleet: Fleet) -> No
                 for _ in range(2)
             ]
             deadline = time.monotonic() + 60
-            while (
-                await holder.fetchval(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                )
-                < 2
-            ):
+            while await held.connection.fetchval(WAITING) < 2:
                 assert time.monotonic() < deadline, "the deploys never waited for the lock"
                 await asyncio.sleep(0.05)
-            await transaction.commit()
-        finally:
-            await holder.close()
-        return pid, list(await asyncio.gather(*deploys))
+            await held.transaction.commit()
+        return held.pid, list(await asyncio.gather(*deploys))
 
     pid, results = asyncio.run(race())
     documents = [json_of(result) for result in results]
@@ -175,17 +166,11 @@ def test_no_wait_fails_a_locked_target_and_names_who_holds_it(schema_fleet: Flee
     url = schema_fleet.urls["database:primary"]
 
     async def locked() -> tuple[int, subprocess.CompletedProcess[str]]:
-        holder = await asyncpg.connect(url)
-        try:
-            async with holder.transaction():
-                await holder.execute("SELECT pg_advisory_xact_lock($1)", lock_key("tenant:acme"))
-                pid = await holder.fetchval("SELECT pg_backend_pid()")
-                result = await asyncio.to_thread(
-                    run_cli, "migrate", "upgrade", "--no-wait", "--json", environment=env
-                )
-        finally:
-            await holder.close()
-        return pid, result
+        async with held_lock(url, "tenant:acme") as held:
+            result = await asyncio.to_thread(
+                run_cli, "migrate", "upgrade", "--no-wait", "--json", environment=env
+            )
+        return held.pid, result
 
     pid, result = asyncio.run(locked())
     assert result.returncode == 1

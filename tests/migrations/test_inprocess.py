@@ -9,19 +9,19 @@ import json
 import sys
 from pathlib import Path
 
-import asyncpg
 import pytest
 from rich.console import Console
 
 from dbrouter import ConfigurationError, migrations
 from dbrouter.cli import main
 from dbrouter.migrations.display import ConsoleProgress, print_table
-from dbrouter.migrations.locks import lock_key
 from dbrouter.migrations.report import MigrationReport, TargetResult
-from tests.migrations.conftest import Fleet, version_of
+from tests.migrations.conftest import Fleet, held_lock, version_of
 from tests.migrations.test_schemas import MODELS, use_metadata
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
+
+STATUS_COLUMNS = ["target", "before", "after", "status", "behind", "seconds", "error"]
 
 
 def configure(monkeypatch: pytest.MonkeyPatch, fleet: Fleet) -> None:
@@ -40,15 +40,7 @@ async def test_main_migrates_and_reports(
     configure(monkeypatch, schema_fleet)
     assert await run_main("migrate", "status") == 1
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == [
-        "target",
-        "before",
-        "after",
-        "status",
-        "behind",
-        "seconds",
-        "error",
-    ]
+    assert table[0].split() == STATUS_COLUMNS
     assert table[-1] == "6 target(s): 0 ok, 6 unchanged, 0 failed; 6 behind head"
     assert await run_main("migrate", "upgrade", "--concurrency", "2") == 0
     assert capsys.readouterr().out.splitlines()[-1] == "6 target(s): 6 ok, 0 unchanged, 0 failed"
@@ -95,12 +87,7 @@ def test_main_initializes_without_configuration(
 async def test_a_held_lock_is_waited_for_or_reported(schema_fleet: Fleet) -> None:
     url = schema_fleet.urls["database:primary"]
     waits: list[tuple[str, int | None]] = []
-    holder = await asyncpg.connect(url)
-    try:
-        transaction = holder.transaction()
-        await transaction.start()
-        await holder.execute("SELECT pg_advisory_xact_lock($1)", lock_key("tenant:acme"))
-        pid = await holder.fetchval("SELECT pg_backend_pid()")
+    async with held_lock(url, "tenant:acme") as held:
 
         class Release:
             """Progress that lets the lock go once the migration says it waits."""
@@ -110,7 +97,7 @@ async def test_a_held_lock_is_waited_for_or_reported(schema_fleet: Fleet) -> Non
 
             def waiting(self, target: str, holder_pid: int | None) -> None:
                 waits.append((target, holder_pid))
-                asyncio.get_running_loop().create_task(transaction.commit())
+                asyncio.get_running_loop().create_task(held.transaction.commit())
 
             def finished(self, result: TargetResult) -> None:
                 pass
@@ -118,11 +105,9 @@ async def test_a_held_lock_is_waited_for_or_reported(schema_fleet: Fleet) -> Non
         async with schema_fleet.router() as router:
             refused = await migrations.upgrade(router, tenants=["acme"], wait=False)
             assert refused["tenant:acme"].status == "failed"
-            assert f"server process {pid}" in (refused["tenant:acme"].error or "")
+            assert f"server process {held.pid}" in (refused["tenant:acme"].error or "")
             waited = await migrations.upgrade(router, tenants=["acme"], progress=Release())
-    finally:
-        await holder.close()
-    assert waits == [("tenant:acme", pid)]
+    assert waits == [("tenant:acme", held.pid)]
     assert waited["tenant:acme"].status == "ok"
     assert await version_of(url, "tenant_acme") == ["t2"]
 
@@ -170,15 +155,7 @@ def test_the_console_shows_progress_and_a_table() -> None:
         MigrationReport("status", [behind, failed]), Console(file=table, width=120, emoji=False)
     )
     lines = table.getvalue().splitlines()
-    assert lines[0].split() == [
-        "target",
-        "before",
-        "after",
-        "status",
-        "behind",
-        "seconds",
-        "error",
-    ]
+    assert lines[0].split() == STATUS_COLUMNS
     assert "Boom: [SQL] went wrong" in table.getvalue()  # brackets are text, not markup
     assert lines[-1] == "2 target(s): 0 ok, 1 unchanged, 1 failed; 2 behind head"
     quiet = io.StringIO()
