@@ -24,6 +24,15 @@ from .events import EventBus
 from .health import DatabaseHealth, HealthReport, PoolStats
 from .lending import LentSession
 from .lifecycle import State
+from .metrics import (
+    BudgetMetrics,
+    HistogramSnapshot,
+    MetricsSnapshot,
+    PoolMetrics,
+    ReplicaServerMetrics,
+    RouterMetrics,
+    TenantMetrics,
+)
 from .replicas import ReplicaSet
 from .router import DatabaseRouter
 from .settings import (
@@ -48,6 +57,7 @@ from .tenancy.strategy import TenancyStrategy
 
 __all__ = [
     "BudgetExhaustedError",
+    "BudgetMetrics",
     "CallableTenantResolver",
     "ChainTenantResolver",
     "ConfigurationError",
@@ -61,14 +71,19 @@ __all__ = [
     "EventBus",
     "HeaderTenantResolver",
     "HealthReport",
+    "HistogramSnapshot",
     "LentSession",
     "ListingTenantCatalog",
+    "MetricsSnapshot",
     "PathTenantResolver",
+    "PoolMetrics",
     "PoolStats",
     "ReadOnlySessionError",
     "ReplicaHostSettings",
+    "ReplicaServerMetrics",
     "ReplicaSet",
     "RouterClosedError",
+    "RouterMetrics",
     "RouterSettings",
     "SessionClosedError",
     "State",
@@ -78,6 +93,7 @@ __all__ = [
     "TenancyStrategy",
     "TenantCatalog",
     "TenantError",
+    "TenantMetrics",
     "TenantRequest",
     "TenantResolutionError",
     "TenantResolver",

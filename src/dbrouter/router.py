@@ -19,6 +19,7 @@ from .health import HealthReport, check_databases
 from .lending import LentSession
 from .lifecycle import Lifecycle, State
 from .logs import log_events
+from .metrics import MetricsSnapshot, RouterMetrics
 from .registry import DatabaseRegistry
 from .replicas.rotation import ReplicaSet
 from .replicas.routing import Replication
@@ -94,6 +95,7 @@ class DatabaseRouter:
         )
         if self._budget is not None and self._tenancy is not None:
             self._budget.reclaim = self._tenancy.reclaim_idle
+        self._metrics: RouterMetrics | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> DatabaseRouter:
@@ -266,6 +268,35 @@ class DatabaseRouter:
         """Evicted tenant engines still waiting for their sessions to finish."""
         return 0 if self._tenancy is None else self._tenancy.strategy.draining
 
+    def metrics(self) -> MetricsSnapshot:
+        """Every pool, replica, tenant and budget figure now, as plain data (see
+        ``docs/observability.md``). The first call starts collecting them."""
+        return self.metrics_collector().snapshot()
+
+    def metrics_collector(self) -> RouterMetrics:
+        """The collector of this router's figures, for exporters; the first call attaches
+        meters to every pool and subscribes to the events (nothing is measured before)."""
+        if self._metrics is None:
+            replication, tenancy = self._replication, self._tenancy
+            self._metrics = RouterMetrics(
+                self._events,
+                self._factory,
+                replica_sets=lambda: (
+                    []
+                    if replication is None or self.closed
+                    else [
+                        group.replica_set
+                        for group in replication.groups.values()
+                        if group.replica_set is not None
+                    ]
+                ),
+                tenant_engines=(
+                    None if tenancy is None else lambda: len(tenancy.strategy.cached())
+                ),
+                budget=self._budget,
+            )
+        return self._metrics
+
     async def dispose(self, *, timeout: float = 10.0) -> None:
         """Close every connection of every engine; the router cannot be used afterwards.
 
@@ -299,6 +330,13 @@ class DatabaseRouter:
         from .fastapi.health import build_health_router
 
         return build_health_router(self, path=path)
+
+    def metrics_router(self, *, path: str = "/metrics") -> APIRouter:
+        """An `APIRouter` serving every figure at *path* in the Prometheus text format
+        (extra ``prometheus``); collecting starts now."""
+        from .fastapi.metrics import build_metrics_router
+
+        return build_metrics_router(self, path=path)
 
 
 @asynccontextmanager

@@ -87,6 +87,27 @@ ServerSettings = Annotated[dict[str, str], BeforeValidator(check_server_settings
 CertificateFile = Annotated[Path, AfterValidator(readable_file)]
 """A file of the TLS settings: it must exist and be readable when the settings are built."""
 
+_TRUE_WORDS = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "f", "no", "n", "off"})
+
+
+def _pre_ping_mode(value: object) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word == "idle":
+            return "idle"
+        if word in _TRUE_WORDS or word in _FALSE_WORDS:
+            return word in _TRUE_WORDS
+    raise ConfigurationError('must be true, false or "idle"')
+
+
+PrePing = Annotated[bool | Literal["idle"], BeforeValidator(_pre_ping_mode)]
+"""``pool_pre_ping``: test every checkout (true), none (false), or only idle ones (idle)."""
+
 _CONNECTION_KEYS = (
     "statement_timeout",
     "idle_in_transaction_timeout",
@@ -148,8 +169,13 @@ class DatabaseSettings(_Model):
     """Connections opened beyond ``pool_size`` under load, closed when returned."""
     pool_recycle: int = Field(default=3600, ge=-1)
     """Seconds after which a pooled connection is replaced (-1: never)."""
-    pool_pre_ping: bool = True
-    """Test a pooled connection before handing it out; replaces connections a restart broke."""
+    pool_pre_ping: PrePing = True
+    """Test a pooled connection before handing it out; replaces connections a restart broke.
+    ``idle``: test only a connection idle for longer than ``pre_ping_idle_after`` (and none
+    the driver already knows is closed), saving a round trip on every other checkout."""
+    pre_ping_idle_after: float = Field(default=5.0, gt=0)
+    """With ``pool_pre_ping: idle``: seconds a pooled connection may sit unused and still be
+    handed out untested."""
     pool_use_lifo: bool = True
     """Reuse the most recently returned connection first, so idle extras can time out."""
     pool_timeout: float = Field(default=30.0, gt=0)
@@ -233,6 +259,12 @@ class DatabaseSettings(_Model):
                     "to the database it replicates, or remove "
                     f"{'it' if len(misplaced) == 1 else 'them'}",
                 )
+        if "pre_ping_idle_after" in self.model_fields_set and self.pool_pre_ping != "idle":
+            raise _problem(
+                "pre_ping_idle_after",
+                f"only applies with pool_pre_ping: idle (pool_pre_ping is "
+                f"{str(self.pool_pre_ping).lower()}); set pool_pre_ping to idle, or remove it",
+            )
         if self.pgbouncer and is_sqlite(self.url):
             raise _problem(
                 "pgbouncer",

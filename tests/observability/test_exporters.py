@@ -1,0 +1,245 @@
+"""The exporters on a real app: ``GET /metrics`` read back with prometheus-client's own
+parser, OpenTelemetry instruments read back through an in-memory reader, both holding
+every figure; missing extras named; no password anywhere."""
+
+# No ``from __future__ import annotations``: FastAPI resolves the endpoint annotations.
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    MetricsData,
+)
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbrouter import ConfigurationError, DatabaseRouter, RouterSettings, get_db, get_tenant_db
+from dbrouter.metrics.catalog import INSTRUMENTS, POOL_NAME, STATE
+from dbrouter.metrics.histograms import TIME_BUCKETS
+from dbrouter.metrics.prometheus import RouterCollector
+from dbrouter.otel import instrument
+from dbrouter.replicas.consistency import TOKEN_HEADER
+from tests.conftest import serve
+from tests.support.postgres import free_port
+from tests.test_secrets import assert_hidden, secret_url
+
+__all__ = ["secret_url"]
+
+Primary = Annotated[AsyncSession, Depends(get_db("primary", commit=True))]
+Replica = Annotated[AsyncSession, Depends(get_db("replica"))]
+Down = Annotated[AsyncSession, Depends(get_db("down"))]
+Tenant = Annotated[AsyncSession, Depends(get_tenant_db())]
+
+
+def everything(url: str) -> DatabaseRouter:
+    """A router with every kind of figure: a primary, a replica (the same server, so no
+    standby: out of rotation), a database that is down, a tenant and a budget."""
+    return DatabaseRouter(
+        RouterSettings(
+            databases={
+                "primary": {"url": url, "pool_size": 3},
+                "replica": {"url": url, "replica_of": "primary", "health_check_interval": 0.1},
+                "down": {"url": f"postgresql://nobody@127.0.0.1:{free_port()}/x"},
+            },
+            max_connections=20,
+            tenancy={"tenants": {"acme": {"url": url}}},
+        )
+    )
+
+
+def app_for(router: DatabaseRouter) -> FastAPI:
+    app = FastAPI(lifespan=router.lifespan)
+    app.include_router(router.metrics_router())
+
+    @app.post("/write")
+    async def write(db: Primary) -> int:
+        return int(await db.scalar(text("SELECT 1")) or 0)
+
+    @app.get("/read")
+    async def read(db: Replica) -> int:
+        return int(await db.scalar(text("SELECT 1")) or 0)
+
+    @app.get("/down")
+    async def down(db: Down) -> int:
+        return int(await db.scalar(text("SELECT 1")) or 0)
+
+    @app.get("/tenant")
+    async def tenant(db: Tenant) -> int:
+        return int(await db.scalar(text("SELECT 1")) or 0)
+
+    return app
+
+
+async def traffic(client: httpx.AsyncClient) -> None:
+    """Requests that move every counter once."""
+    written = await client.post("/write")
+    assert written.status_code == 200
+    token = written.headers[TOKEN_HEADER]
+    assert (await client.get("/read", headers={TOKEN_HEADER: token})).status_code == 200
+    assert (await client.get("/down")).status_code == 503
+    assert (await client.get("/tenant", headers={"X-Tenant-ID": "acme"})).status_code == 200
+
+
+@asynccontextmanager
+async def running(url: str) -> AsyncIterator[tuple[DatabaseRouter, httpx.AsyncClient]]:
+    router = everything(url)
+    async with serve(app_for(router)) as client:
+        yield router, client
+
+
+def sample_names(instrument_name: str) -> str:
+    spec = next(spec for spec in INSTRUMENTS if spec.name == instrument_name)
+    return spec.prometheus_name + ("_bucket" if spec.kind == "histogram" else "")
+
+
+async def test_the_prometheus_text_parses_and_holds_every_figure(pg_url: str) -> None:
+    async with running(pg_url) as (_, client):
+        await traffic(client)
+        response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples: list[Sample] = [
+        sample
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    ]
+    names = {sample.name for sample in samples}
+    missing = [spec.name for spec in INSTRUMENTS if sample_names(spec.name) not in names]
+    # No standby here, so no lag was measured: the lag series are tested with a real one.
+    assert missing == ["dbrouter.replica.lag", "dbrouter.replica.wal_lag"]
+
+    def value(name: str, **labels: str) -> float:
+        found = [s.value for s in samples if s.name == name and s.labels == labels]
+        assert len(found) == 1, (name, labels, found)
+        return found[0]
+
+    assert value("db_client_connection_max", pool_name="primary") == 3 + 10
+    assert value("db_client_connection_count", pool_name="primary", state="used") == 0
+    assert value("db_client_connection_count", pool_name="tenant:acme", state="idle") == 1
+    assert value("dbrouter_unavailable_total", database="down", reason="unreachable") == 1
+    assert value("dbrouter_consistency_reads_total", database="replica", served_by="primary") == 1
+    assert value("dbrouter_tenant_engines") == 1
+    assert value("dbrouter_tenant_engines_built_total") == 1
+    assert value("dbrouter_connection_budget_limit") == 20
+    replica_pool = next(s.labels["pool_name"] for s in samples if s.name.startswith("dbrouter_r"))
+    assert replica_pool.startswith("replica@127.0.0.1:")
+    assert value("dbrouter_replica_in_rotation", database="replica", pool_name=replica_pool) == 0
+    waits = value("db_client_connection_wait_time_seconds_count", pool_name="primary")
+    assert waits >= 2
+    assert value("db_client_connection_wait_time_seconds_bucket", pool_name="primary", le="+Inf")
+    pools = {s.labels["pool_name"] for s in samples if s.name == "db_client_connection_max"}
+    assert pools == {"primary", replica_pool, "down", "tenant:acme"}
+
+
+async def test_a_collector_goes_into_any_registry(pg_url: str) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    router = DatabaseRouter(RouterSettings(databases={"primary": {"url": pg_url}}))
+    registry = CollectorRegistry()
+    registry.register(RouterCollector(router))
+    async with router:
+        async with router.session() as session:
+            await session.execute(text("SELECT 1"))
+        families = list(text_string_to_metric_families(generate_latest(registry).decode()))
+    assert {family.name for family in families} >= {
+        "db_client_connection_count",
+        "db_client_connection_use_time_seconds",
+    }
+    # A disposed router has no pools left to show.
+    assert list(text_string_to_metric_families(generate_latest(registry).decode())) == []
+
+
+def otel_metrics(data: MetricsData | None) -> dict[str, Any]:
+    assert data is not None
+    return {
+        metric.name: metric
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+
+
+async def test_opentelemetry_instruments_have_the_conventions_names_units_and_attributes(
+    pg_url: str,
+) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    try:
+        async with running(pg_url) as (router, client):
+            instrument(router, meter_provider=provider)
+            await traffic(client)
+            metrics = otel_metrics(reader.get_metrics_data())
+    finally:
+        provider.shutdown()
+    missing = [spec.name for spec in INSTRUMENTS if spec.name not in metrics]
+    assert missing == ["dbrouter.replica.lag", "dbrouter.replica.wal_lag"]
+    for spec in INSTRUMENTS:
+        if spec.name in metrics:
+            assert metrics[spec.name].unit == spec.unit, spec.name
+            assert metrics[spec.name].description == spec.description
+    count = metrics["db.client.connection.count"].data.data_points
+    assert {tuple(sorted(point.attributes)) for point in count} == {(POOL_NAME, STATE)}
+    assert {
+        (point.attributes[POOL_NAME], point.attributes[STATE]): point.value
+        for point in count
+        if point.attributes[POOL_NAME] == "tenant:acme"
+    } == {("tenant:acme", "idle"): 1, ("tenant:acme", "used"): 0}
+    waits = metrics["db.client.connection.wait_time"].data.data_points
+    primary_waits = [point for point in waits if point.attributes == {POOL_NAME: "primary"}]
+    assert len(primary_waits) == 1
+    point = primary_waits[0]
+    assert isinstance(point, HistogramDataPoint)
+    assert point.count >= 1
+    assert tuple(point.explicit_bounds) == TIME_BUCKETS
+    unavailable = metrics["dbrouter.unavailable"].data.data_points
+    assert [(dict(p.attributes), p.value) for p in unavailable] == [
+        ({"database": "down", "reason": "unreachable"}, 1)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("module", "extra"), [("prometheus_client", "prometheus"), ("opentelemetry", "otel")]
+)
+def test_a_missing_extra_is_named(
+    monkeypatch: pytest.MonkeyPatch, module: str, extra: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)
+    router = DatabaseRouter(RouterSettings(databases={"primary": {"url": "sqlite://"}}))
+    with pytest.raises(ConfigurationError, match=rf"the '{extra}' extra") as raised:
+        if extra == "prometheus":
+            router.metrics_router()
+        else:
+            instrument(router)
+    assert f"fastapi-dbrouter[{extra}]" in str(raised.value)
+
+
+async def test_no_password_in_any_metric_or_log_line(
+    secret_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="dbrouter")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    try:
+        async with running(secret_url) as (router, client):
+            instrument(router, meter_provider=provider)
+            await traffic(client)
+            text_format = (await client.get("/metrics")).text
+            data = reader.get_metrics_data()
+            snapshot = router.metrics()
+    finally:
+        provider.shutdown()
+    assert data is not None
+    assert "tenant:acme" in text_format
+    assert_hidden(text_format, data.to_json(), snapshot, snapshot.as_dict())
+    assert_hidden(*(record.getMessage() for record in caplog.records))
