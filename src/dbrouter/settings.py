@@ -169,10 +169,11 @@ class DatabaseSettings(_Model):
     """Connections opened beyond ``pool_size`` under load, closed when returned."""
     pool_recycle: int = Field(default=3600, ge=-1)
     """Seconds after which a pooled connection is replaced (-1: never)."""
-    pool_pre_ping: PrePing = True
-    """Test a pooled connection before handing it out; replaces connections a restart broke.
-    ``idle``: test only a connection idle for longer than ``pre_ping_idle_after`` (and none
-    the driver already knows is closed), saving a round trip on every other checkout."""
+    pool_pre_ping: PrePing = "idle"
+    """Test pooled connections before handing them out, so that a restart costs no request:
+    ``idle`` tests one only when it sat unused for ``pre_ping_idle_after`` or the driver
+    saw it close (no round trip on other checkouts); ``true`` every checkout; ``false``
+    none."""
     pre_ping_idle_after: float = Field(default=5.0, gt=0)
     """With ``pool_pre_ping: idle``: seconds a pooled connection may sit unused and still be
     handed out untested."""
