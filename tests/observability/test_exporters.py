@@ -8,13 +8,15 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
     HistogramDataPoint,
     InMemoryMetricReader,
     MetricsData,
@@ -206,6 +208,36 @@ async def test_opentelemetry_instruments_have_the_conventions_names_units_and_at
     assert [(dict(p.attributes), p.value) for p in unavailable] == [
         ({"database": "down", "reason": "unreachable"}, 1)
     ]
+
+
+def pool_names(data: MetricsData | None, name: str) -> set[str]:
+    metric = otel_metrics(data).get(name)
+    points = [] if metric is None else metric.data.data_points
+    return {str(point.attributes[POOL_NAME]) for point in points}
+
+
+async def test_opentelemetry_drops_an_evicted_tenants_series(tmp_path: Path) -> None:
+    reader = InMemoryMetricReader(preferred_temporality={Histogram: AggregationTemporality.DELTA})
+    provider = MeterProvider(metric_readers=[reader])
+    tenants = {tenant: {"url": f"sqlite:///{tmp_path / tenant}.db"} for tenant in ("a", "b")}
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={"primary": {"url": f"sqlite:///{tmp_path / 'primary'}.db"}},
+            tenancy={"tenants": tenants, "max_engines": 1},
+        )
+    )
+    instrument(router, meter_provider=provider)
+    try:
+        async with router:
+            for tenant in ("a", "b"):
+                async with router.tenant_session(tenant) as session:
+                    await session.execute(text("SELECT 1"))
+                data = reader.get_metrics_data()
+                pool = f"tenant:{tenant}"  # b evicts a: a's series are gone
+                assert pool_names(data, "db.client.connection.count") == {"primary", pool}
+                assert pool_names(data, "db.client.connection.use_time") == {pool}
+    finally:
+        provider.shutdown()
 
 
 @pytest.mark.parametrize(
