@@ -23,11 +23,9 @@ import argparse
 import asyncio
 import contextlib
 import statistics
-import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 
 from asgi_lifespan import LifespanManager
@@ -53,10 +51,6 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from dbrouter import DatabaseRouter, EngineFactory, RouterSettings, get_db
 from dbrouter.otel import instrument
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 METRICS_TARGET = 0.99
 PRE_PING_TARGET = 1.2

@@ -6,10 +6,10 @@ every figure; missing extras named; no password anywhere."""
 
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
 import pytest
@@ -38,11 +38,6 @@ from tests.test_secrets import assert_hidden, secret_url
 
 __all__ = ["secret_url"]
 
-Primary = Annotated[AsyncSession, Depends(get_db("primary", commit=True))]
-Replica = Annotated[AsyncSession, Depends(get_db("replica"))]
-Down = Annotated[AsyncSession, Depends(get_db("down"))]
-Tenant = Annotated[AsyncSession, Depends(get_tenant_db())]
-
 
 def everything(url: str) -> DatabaseRouter:
     """A router with every kind of figure: a primary, a replica (the same server, so no
@@ -60,26 +55,25 @@ def everything(url: str) -> DatabaseRouter:
     )
 
 
+def one_row(dependency: Any) -> Callable[..., Awaitable[int]]:
+    """An endpoint reading one row with the session *dependency* gives."""
+
+    async def endpoint(db: AsyncSession = dependency) -> int:
+        return int(await db.scalar(text("SELECT 1")) or 0)
+
+    return endpoint
+
+
 def app_for(router: DatabaseRouter) -> FastAPI:
     app = FastAPI(lifespan=router.lifespan)
     app.include_router(router.metrics_router())
-
-    @app.post("/write")
-    async def write(db: Primary) -> int:
-        return int(await db.scalar(text("SELECT 1")) or 0)
-
-    @app.get("/read")
-    async def read(db: Replica) -> int:
-        return int(await db.scalar(text("SELECT 1")) or 0)
-
-    @app.get("/down")
-    async def down(db: Down) -> int:
-        return int(await db.scalar(text("SELECT 1")) or 0)
-
-    @app.get("/tenant")
-    async def tenant(db: Tenant) -> int:
-        return int(await db.scalar(text("SELECT 1")) or 0)
-
+    for method, path, dependency in [
+        ("POST", "/write", Depends(get_db("primary", commit=True))),
+        ("GET", "/read", Depends(get_db("replica"))),
+        ("GET", "/down", Depends(get_db("down"))),
+        ("GET", "/tenant", Depends(get_tenant_db())),
+    ]:
+        app.add_api_route(path, one_row(dependency), methods=[method])
     return app
 
 

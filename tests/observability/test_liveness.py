@@ -121,7 +121,11 @@ async def test_only_a_connection_idle_too_long_is_pinged(pg_url: str) -> None:
 
 
 async def test_pool_pre_ping_true_pings_every_checkout(pg_url: str) -> None:
-    router = DatabaseRouter(RouterSettings(databases={"primary": {"url": pg_url, "pool_size": 1}}))
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={"primary": {"url": pg_url, "pool_size": 1, "pool_pre_ping": True}}
+        )
+    )
     async with router:
         pings = counting_pings(router)
         for _ in range(4):

@@ -74,6 +74,7 @@ async def test_counts_stay_right_when_the_server_ends_connections(
                     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
             )
+        await asyncio.sleep(0.2)  # the server's goodbyes reach the idle connections
         # Each terminated connection is replaced at its checkout; counts follow.
         async with holding(router, 3):
             assert (primary(router).used, primary(router).idle) == (3, 0)
