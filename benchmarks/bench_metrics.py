@@ -12,6 +12,13 @@ router on the same PostgreSQL database, driven through a bare ASGI call:
 2. liveness: ``pool_pre_ping: true`` against ``pool_pre_ping: idle``; ratio idle / true
    (target >= 1.2).
 
+Requests per second on a shared or small machine move by more than the 1% the first
+comparison looks for, so the benchmark also measures what the metrics add where they
+run, without a server: CPU time per checkout and return of a pool whose connections are
+stand-ins, for SQLAlchemy's pool, dbrouter's without a meter, with one, and with one
+feeding OpenTelemetry histograms; the difference is then put against the CPU time of a
+whole request measured above.
+
 Rounds rotate the sides (A B C D, D C B A, ...) after a warm-up round each, so that drift
 weighs on every side alike. Without ``--url`` a throwaway server is started with the test
 suite's harness, and the benchmark is pinned to one CPU, the server to the others.
@@ -22,6 +29,7 @@ suite's harness, and the benchmark is pinned to one CPU, the server to the other
 import argparse
 import asyncio
 import contextlib
+import functools
 import statistics
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -47,9 +55,11 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool
+from sqlalchemy.util import greenlet_spawn
 
 from dbrouter import DatabaseRouter, EngineFactory, RouterSettings, get_db
+from dbrouter.metrics.pools import MeteredPool, PoolMeter, attach_meter
 from dbrouter.otel import instrument
 
 METRICS_TARGET = 0.99
@@ -199,6 +209,82 @@ async def database(where: Target) -> AsyncIterator[URL]:
         yield url
 
 
+class StandInConnection:
+    """What a pool needs of a DBAPI connection, and nothing more: no I/O."""
+
+    def rollback(self) -> None:
+        """Nothing to roll back."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def stand_in_pools() -> dict[str, Pool]:
+    """Pools of stand-in connections: SQLAlchemy's, and dbrouter's three ways."""
+
+    def connect() -> Any:
+        return StandInConnection()
+
+    def pool(kind: type[AsyncAdaptedQueuePool]) -> Pool:
+        return kind(connect, pool_size=4, max_overflow=0, timeout=30)
+
+    metered, exported = pool(MeteredPool), pool(MeteredPool)
+    attach_meter(metered, PoolMeter("metered"))
+    meter = PoolMeter("exported")
+    attach_meter(exported, meter)
+    histograms = MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("bench")
+    for name, histogram in (
+        ("create", meter.create_time),
+        ("wait", meter.wait_time),
+        ("use", meter.use_time),
+    ):
+        otel = histograms.create_histogram(name, unit="s")
+        histogram.sinks = (functools.partial(otel.record, attributes={"pool": "exported"}),)
+    return {
+        "stock pool": pool(AsyncAdaptedQueuePool),
+        "off": pool(MeteredPool),
+        "metered": metered,
+        "otel": exported,
+    }
+
+
+def checkouts(pool: Pool, count: int) -> None:
+    for _ in range(count):
+        pool.connect().close()
+
+
+async def checkout_costs(args: argparse.Namespace) -> dict[str, float]:
+    """Median CPU microseconds per checkout and return, per pool."""
+    pools = stand_in_pools()
+    count = 20 * args.requests
+    costs: dict[str, list[float]] = {name: [] for name in pools}
+    names = list(pools)
+    for index in range(args.rounds + 1):
+        for name in names if index % 2 == 0 else list(reversed(names)):
+            started = time.process_time()
+            await greenlet_spawn(checkouts, pools[name], count)
+            if index:  # the first round warms up
+                costs[name].append(1e6 * (time.process_time() - started) / count)
+    return {name: statistics.median(values) for name, values in costs.items()}
+
+
+def report_checkouts(costs: dict[str, float], request_cpu_us: float) -> None:
+    print()
+    print("where the metrics run: one checkout and return of a pooled connection, no server")
+    for name, cost in costs.items():
+        added = cost - costs["stock pool"] if name == "off" else cost - costs["off"]
+        base = "stock pool" if name == "off" else "off"
+        share = (
+            ""
+            if name == "stock pool"
+            else (
+                f"  {added:+.2f} us against {base}: {100 * added / request_cpu_us:+.2f}% of the"
+                f" {request_cpu_us:.0f} us CPU of a one-row request"
+            )
+        )
+        print(f"  {name:>10}  {cost:6.2f} us CPU{share}")
+
+
 async def run(where: Target, args: argparse.Namespace) -> None:
     async with database(where) as items_url:
         await create_items(items_url)
@@ -213,6 +299,8 @@ async def run(where: Target, args: argparse.Namespace) -> None:
                 ("otel", "off", METRICS_TARGET),
             ],
         )
+        request_cpu = statistics.median(r.cpu_us for r in metrics["off"])
+        report_checkouts(await checkout_costs(args), request_cpu)
         liveness = await compare(pre_ping_sides(url, args.concurrency), args)
         report(
             "liveness: a ping on every checkout, or only after pre_ping_idle_after",

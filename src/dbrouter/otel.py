@@ -41,10 +41,19 @@ _MISSING = (
 )
 
 
-def instrument(router: DatabaseRouter, *, meter_provider: MeterProvider | None = None) -> None:
+def instrument(
+    router: DatabaseRouter,
+    *,
+    meter_provider: MeterProvider | None = None,
+    histograms: bool = True,
+) -> None:
     """Export every figure of *router* through *meter_provider* (default: the global one
     set with ``opentelemetry.metrics.set_meter_provider``). Collecting starts now; call
-    it once per provider."""
+    it once per provider.
+
+    The three pool histograms are the only instruments recorded as requests run (the
+    SDK's record costs microseconds per value); ``histograms=False`` leaves them out.
+    """
     try:
         from opentelemetry import metrics
     except ImportError as exc:
@@ -66,7 +75,9 @@ def instrument(router: DatabaseRouter, *, meter_provider: MeterProvider | None =
             unit=spec.unit,
             description=spec.description,
         )
-    histograms = {
+    if not histograms:
+        return
+    recorders = {
         spec: meter.create_histogram(
             spec.name,
             unit=spec.unit,
@@ -80,7 +91,7 @@ def instrument(router: DatabaseRouter, *, meter_provider: MeterProvider | None =
         attributes = {POOL_NAME: pool.name}
         for spec, histogram in ((CREATE_TIME, pool.create_time), (WAIT_TIME, pool.wait_time),
                                 (USE_TIME, pool.use_time)):  # fmt: skip
-            record = functools.partial(histograms[spec].record, attributes=attributes)
+            record = functools.partial(recorders[spec].record, attributes=attributes)
             histogram.sinks = (*histogram.sinks, record)
 
     collector.on_meter(record_values)

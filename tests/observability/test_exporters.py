@@ -234,6 +234,29 @@ async def test_opentelemetry_drops_an_evicted_tenants_series(tmp_path: Path) -> 
         provider.shutdown()
 
 
+async def test_opentelemetry_without_histograms_records_nothing_per_request(
+    tmp_path: Path,
+) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    router = DatabaseRouter(
+        RouterSettings(databases={"primary": {"url": f"sqlite:///{tmp_path / 'app'}.db"}})
+    )
+    instrument(router, meter_provider=provider, histograms=False)
+    try:
+        async with router:
+            async with router.session() as session:
+                await session.execute(text("SELECT 1"))
+            metrics = otel_metrics(reader.get_metrics_data())
+            (meter,) = router.metrics_collector().meters()
+    finally:
+        provider.shutdown()
+    assert "db.client.connection.count" in metrics
+    assert not {spec.name for spec in INSTRUMENTS if spec.kind == "histogram"} & set(metrics)
+    assert meter.use_time.sinks == ()
+    assert router.metrics().pools == {}  # disposed
+
+
 @pytest.mark.parametrize(
     ("module", "extra"), [("prometheus_client", "prometheus"), ("opentelemetry", "otel")]
 )

@@ -108,7 +108,7 @@ class RouterMetrics:
         if database.kind == "maintenance":
             return  # short-lived, and no pool of its own
         meter = PoolMeter(self._unique_name(database))
-        if attach_meter(database.engine, meter):
+        if attach_meter(database.engine.sync_engine.pool, meter):
             for watcher in self._meter_watchers:
                 watcher(meter)
 

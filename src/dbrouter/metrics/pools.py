@@ -16,8 +16,12 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import (
+    AsyncAdaptedQueuePool,
+    ConnectionPoolEntry,
+    Pool,
+    PoolProxiedConnection,
+)
 
 from .histograms import Histogram
 
@@ -136,11 +140,10 @@ def pool_counts(pool: MeteredPool) -> PoolCounts:
     )
 
 
-def attach_meter(engine: AsyncEngine, meter: PoolMeter) -> bool:
-    """Measure *engine*'s pool with *meter*; False when its pool is not a `MeteredPool`
-    (an in-memory SQLite database, a maintenance engine) or is measured already."""
-    sync_engine = engine.sync_engine
-    pool = sync_engine.pool
+def attach_meter(pool: Pool, meter: PoolMeter) -> bool:
+    """Measure *pool* with *meter*, and the pools that replace it when its engine is
+    disposed; False when it is not a `MeteredPool` (an in-memory SQLite database, a
+    maintenance engine) or is measured already."""
     if not isinstance(pool, MeteredPool) or pool.meter is not None:
         return False
     pool.meter = meter
@@ -156,6 +159,7 @@ def attach_meter(engine: AsyncEngine, meter: PoolMeter) -> bool:
         if used_since is not None:
             meter.use_time.observe(time.perf_counter() - used_since)
 
-    event.listen(sync_engine, "connect", connected)
-    event.listen(sync_engine, "checkin", checked_in)
+    # Listeners of a pool pass on to the pool that replaces it (recreate()).
+    event.listen(pool, "connect", connected)
+    event.listen(pool, "checkin", checked_in)
     return True
