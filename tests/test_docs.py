@@ -40,12 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
+from sqlalchemy.engine import make_url
 
 import dbrouter
 from dbrouter import (
@@ -439,20 +441,60 @@ def fenced(path: Path, language: str) -> list[list[str]]:
     return blocks
 
 
-def test_the_readme_shows_what_dbrouter_tenants_list_prints(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+async def test_the_readme_shows_what_dbrouter_tenants_list_prints(
+    postgres_admin_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The README's ``.env``, read from the working directory, and the command's output."""
+    """The README's ``.env``, read from the working directory, and the command's output;
+    its server ``db:5432`` is the suite's, holding one tenant database."""
     readme = ROOT / "README.md"
     [dotenv] = fenced(readme, "dotenv")
     [sample] = [block for block in fenced(readme, "console") if "$ dbrouter tenants list" in block]
+    server = make_url(postgres_admin_url)
+    here = f"{server.host}:{server.port}"
     for key in list(os.environ):
         if key.upper().startswith("DBROUTER_"):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / ".env").write_text("\n".join(dotenv) + "\n", encoding="utf-8")
-    assert cli.main(["tenants", "list"]) == 0
-    assert capsys.readouterr().out.splitlines() == sample[1:]
+    environment = "\n".join(dotenv).replace("@db:5432/", f"@{here}/")
+    (tmp_path / ".env").write_text(environment + "\n", encoding="utf-8")
+    admin = await asyncpg.connect(postgres_admin_url)
+    try:
+        role_exists = await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = 'app'")
+        if not role_exists:
+            await admin.execute("CREATE ROLE app LOGIN")
+        await admin.execute('CREATE DATABASE "tenant_globex"')
+        try:
+            assert await asyncio.to_thread(cli.main, ["tenants", "list"]) == 0
+        finally:
+            await admin.execute('DROP DATABASE "tenant_globex"')
+            if not role_exists:
+                await admin.execute("DROP ROLE app")
+    finally:
+        await admin.close()
+    printed = capsys.readouterr().out.replace(f"@{here}/", "@db:5432/")
+    assert printed.splitlines() == sample[1:]
+
+
+async def test_creating_and_dropping_a_tenant_as_the_tenancy_page_shows(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    block = the_block("tenancy.md", "await router.create_tenant", skipped=True)
+    url = "postgresql://postgres@127.0.0.1:5432/app"
+    assert block.source.count(url) == 1
+    source = block.source.replace(repr(url).replace("'", '"'), repr(pg_url))
+    monkeypatch.chdir(tmp_path)
+    await asyncio.to_thread(exec, compiled(block, source), {"__name__": "__main__"})
+    connection = await asyncpg.connect(pg_url)
+    try:
+        schemas = await connection.fetch(
+            "SELECT 1 FROM pg_namespace WHERE nspname LIKE 'tenant_%'"
+        )
+    finally:
+        await connection.close()
+    assert schemas == []
 
 
 # -- 3. the exception tree ----------------------------------------------------------------

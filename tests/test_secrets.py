@@ -261,18 +261,25 @@ def test_every_secret_field_hides_its_password_everywhere() -> None:
     )
 
 
-def test_the_cli_never_shows_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cli_never_shows_the_password(
+    monkeypatch: pytest.MonkeyPatch, postgres_admin_url: str
+) -> None:
+    server = make_url(postgres_admin_url)
     monkeypatch.setenv("DBROUTER_DATABASES__PRIMARY__URL", "sqlite://")
-    monkeypatch.setenv(
-        "DBROUTER_TENANCY__URL_TEMPLATE", f"postgresql://app:{QUOTED}@db:5432/tenant_{{tenant}}"
-    )
     monkeypatch.setenv("DBROUTER_TENANCY__TENANTS__ACME__URL", SECRET_URL)
-    result = subprocess.run(
-        [sys.executable, "-m", "dbrouter", "tenants", "list"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "acme" in result.stdout
-    assert_hidden(result.stdout, result.stderr)
+    # The template's server is listed, over a connection that carries the password: with
+    # it answering, and with it down.
+    for where, status in ((f"{server.host}:{server.port}", 0), ("127.0.0.1:1", 1)):
+        monkeypatch.setenv(
+            "DBROUTER_TENANCY__URL_TEMPLATE",
+            f"postgresql://{server.username}:{QUOTED}@{where}/tenant_{{tenant}}",
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "dbrouter", "tenants", "list"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == status, result.stderr
+        assert ("acme" in result.stdout) is (status == 0)
+        assert_hidden(result.stdout, result.stderr)

@@ -16,13 +16,15 @@ from .errors import (
     RouterClosedError,
     SessionClosedError,
     TenantError,
+    TenantExistsError,
     TenantResolutionError,
     UnknownDatabaseError,
     UnknownTenantError,
+    UnmanagedTenantError,
 )
 from .events import EventBus
 from .health import DatabaseHealth, HealthReport, PoolStats
-from .lending import LentSession
+from .lending import LentSession, TenantLentSession
 from .lifecycle import State
 from .metrics import (
     BudgetMetrics,
@@ -93,6 +95,8 @@ __all__ = [
     "TenancyStrategy",
     "TenantCatalog",
     "TenantError",
+    "TenantExistsError",
+    "TenantLentSession",
     "TenantMetrics",
     "TenantRequest",
     "TenantResolutionError",
@@ -100,6 +104,7 @@ __all__ = [
     "TenantSettings",
     "UnknownDatabaseError",
     "UnknownTenantError",
+    "UnmanagedTenantError",
     "current_tenant",
     "get_db",
     "get_tenant",

@@ -1,4 +1,4 @@
-"""The ``dbrouter`` command: operations on the databases configured by ``DBROUTER_*``."""
+"""The ``dbrouter`` command: operations on the databases of an application."""
 
 from __future__ import annotations
 
@@ -6,35 +6,73 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
-from .errors import DBRouterError
+from .errors import (
+    ConfigurationError,
+    DBRouterError,
+    TenantResolutionError,
+    UnmanagedTenantError,
+)
+from .loading import load_router
 from .router import DatabaseRouter
-from .settings import RouterSettings
-from .urls import render
 
 __all__ = ["main"]
 
 _DESCRIPTION = """\
-Operations on the databases configured by DBROUTER_* environment variables,
-or by DBROUTER_* lines of a .env file in the working directory."""
+Operations on the databases of an application: those configured by DBROUTER_*
+environment variables (or DBROUTER_* lines of a .env file in the working
+directory), or the application's own router with --app."""
 _EPILOG = """\
 examples:
-  dbrouter check           ping every database
-  dbrouter check --json    the same report as JSON
-  dbrouter tenants list    the tenants declared in configuration
+  dbrouter check                       ping every database
+  dbrouter check --json                the same report as JSON
+  dbrouter --app myapp.main:app check  the router of the app's lifespan
+  dbrouter tenants list                every tenant that can be enumerated
+  dbrouter tenants create acme         create a tenant's database or schema
+  dbrouter tenants drop acme --yes     drop it, and everything in it
 
-exit status: 0 when all is well, 1 when a database does not answer,
-2 for a usage or configuration error."""
+exit status: 0 when all is well, 1 when a database does not answer or an
+operation failed, 2 for a usage or configuration error."""
+
+# Errors in what was asked, rather than in carrying it out.
+_USAGE_ERRORS = (ConfigurationError, TenantResolutionError, UnmanagedTenantError)
+
+Command = Callable[[DatabaseRouter, argparse.Namespace], Awaitable[int]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line *argv*; returns the exit status."""
+    parser = _parser()
+    arguments = parser.parse_args(argv)
+    command: Command = arguments.run
+    try:
+        router = DatabaseRouter.from_env() if arguments.app is None else load_router(arguments.app)
+        return asyncio.run(_run(command, router, arguments))
+    except DBRouterError as exc:
+        print(f"dbrouter: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, _USAGE_ERRORS) else 1
+
+
+async def _run(command: Command, router: DatabaseRouter, arguments: argparse.Namespace) -> int:
+    try:
+        return await command(router, arguments)
+    finally:
+        await router.dispose()
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dbrouter",
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--app",
+        metavar="MODULE:ATTRIBUTE",
+        help="use the router of the application: a DatabaseRouter, or a FastAPI app whose "
+        "lifespan is router.lifespan (default: configuration from DBROUTER_* and .env)",
     )
     commands = parser.add_subparsers(
         dest="command", required=True, title="commands", metavar="COMMAND"
@@ -45,31 +83,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Ping every configured database and print its status and latency.",
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(run=_check)
     tenants = commands.add_parser(
         "tenants",
-        help="tenants declared in configuration",
-        description="List the tenants declared in configuration.",
+        help="list, create and drop tenants",
+        description="List the tenants, or create and drop a tenant's database or schema.",
     )
-    tenants.add_argument(
-        "action", choices=["list"], help="list: print each tenant and where its data lives"
+    actions = tenants.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser(
+        "list",
+        help="every tenant that can be enumerated, and where its data lives",
+        description="Every tenant that can be enumerated: declared ones, the catalog's, "
+        "and those whose database or schema the templates name on the server.",
     )
-    arguments = parser.parse_args(argv)
-    try:
-        if arguments.command == "tenants":
-            return _list_tenants()
-        return asyncio.run(_check(as_json=arguments.json))
-    except DBRouterError as exc:
-        print(f"dbrouter: {exc}", file=sys.stderr)
-        return 2
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
+    listing.set_defaults(run=_list_tenants)
+    create = actions.add_parser(
+        "create",
+        help="create a tenant's database or schema",
+        description="Create the database (tenancy.url_template) or schema "
+        "(tenancy.schema_template) of a new tenant.",
+    )
+    create.add_argument("tenant", metavar="ID", help="the new tenant's id")
+    create.set_defaults(run=_create_tenant)
+    drop = actions.add_parser(
+        "drop",
+        help="drop a tenant's database or schema, and all its data",
+        description="Drop the database or schema of a tenant, and all its data.",
+    )
+    drop.add_argument("tenant", metavar="ID", help="the tenant's id")
+    drop.add_argument(
+        "--yes", action="store_true", help="confirm that the tenant's data is to be destroyed"
+    )
+    drop.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long open sessions may take to finish first (default 10)",
+    )
+    drop.set_defaults(run=_drop_tenant)
+    return parser
 
 
-async def _check(*, as_json: bool) -> int:
-    router = DatabaseRouter.from_env()
-    try:
-        report = await router.check()
-    finally:
-        await router.dispose()
-    if as_json:
+async def _check(router: DatabaseRouter, arguments: argparse.Namespace) -> int:
+    report = await router.check()
+    if arguments.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         for name, health in report.databases.items():
@@ -84,18 +143,37 @@ async def _check(*, as_json: bool) -> int:
     return 0 if report.ok else 1
 
 
-def _list_tenants() -> int:
-    settings = RouterSettings()
-    if settings.tenancy is None:
-        print("dbrouter: tenancy is not configured", file=sys.stderr)
+async def _list_tenants(router: DatabaseRouter, arguments: argparse.Namespace) -> int:
+    tenancy = router.tenancy
+    rows = [
+        {"tenant": tenant, "where": tenancy.where(tenant)}
+        for tenant in await router.list_tenants()
+    ]
+    if arguments.json:
+        document = {"strategy": tenancy.settings.strategy, "tenants": rows}
+        print(json.dumps(document, indent=2))
+    else:
+        print(f"strategy: {tenancy.settings.strategy}")
+        for row in rows:
+            print(f"{row['tenant']:<30} {row['where']}")
+    return 0
+
+
+async def _create_tenant(router: DatabaseRouter, arguments: argparse.Namespace) -> int:
+    await router.create_tenant(arguments.tenant)
+    tenancy = router.tenancy
+    print(f"created tenant {arguments.tenant}: {tenancy.where(arguments.tenant)}")
+    return 0
+
+
+async def _drop_tenant(router: DatabaseRouter, arguments: argparse.Namespace) -> int:
+    if not arguments.yes:
+        print(
+            f"dbrouter: dropping tenant {arguments.tenant!r} destroys its data; "
+            "add --yes to confirm",
+            file=sys.stderr,
+        )
         return 2
-    tenancy = settings.tenancy
-    print(f"strategy: {tenancy.strategy}")
-    for tenant, tenant_settings in sorted(tenancy.tenants.items()):
-        where = render(tenant_settings.url) if tenant_settings.url else "(url template)"
-        if tenancy.strategy == "schema":
-            where = tenancy.schema_template.replace("{tenant}", tenant)
-        print(f"{tenant:<30} {where}")
-    if tenancy.url_template:
-        print("other tenants: any valid id whose database exists (url_template)")
+    await router.drop_tenant(arguments.tenant, timeout=arguments.timeout)
+    print(f"dropped tenant {arguments.tenant}")
     return 0

@@ -4,7 +4,7 @@ server can be reached."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -27,18 +27,40 @@ class GuardedSession(Session):
 
     A session kept past its request — stored by an endpoint, handed to a task that
     outlives the request — would otherwise check a connection out of a pool nobody
-    watches any more, or open a new one on an engine already disposed.
+    watches any more, or open a new one on an engine already disposed. Ending it (`end`)
+    turns it into its class's ended twin, which refuses to connect: a lent session pays
+    nothing for the check.
     """
 
     ended: str | None = None
     """Why the session may no longer connect; None while it is lent."""
 
+    _ended_class: ClassVar[type[GuardedSession]]
+
+    _is_ended: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls._is_ended:
+            cls._ended_class = type(f"Ended{cls.__name__}", (_EndedSession, cls), {})
+
+    def end(self, why: str) -> None:
+        """Refuse every connection from now on, with `SessionClosedError` (*why*)."""
+        self.ended = why
+        self.__class__ = self._ended_class
+
+
+class _EndedSession(GuardedSession):
+    # First in the method order of every ended twin.
+    _is_ended = True
+
     def _connection_for_bind(
         self, engine: Any, execution_options: Any = None, **kw: Any
     ) -> Connection:
-        if self.ended is not None:
-            raise SessionClosedError(self.ended)
-        return super()._connection_for_bind(engine, execution_options, **kw)
+        raise SessionClosedError(self.ended or "this session has ended")
+
+
+GuardedSession._ended_class = type("EndedGuardedSession", (_EndedSession,), {})
 
 
 class Availability:

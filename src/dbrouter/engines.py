@@ -23,9 +23,8 @@ from sqlalchemy.pool import NullPool, StaticPool
 
 from .budget import ConnectionBudget
 from .databases import Availability, Database, GuardedSession, SessionFactory
-from .errors import RouterClosedError
 from .events import EngineBuilt, EngineDisposed, EngineKind, EventBus
-from .lifecycle import Lifecycle, State
+from .lifecycle import Lifecycle
 from .liveness import ping_when_idle
 from .metrics.pools import MeteredPool
 from .parameters import (
@@ -209,15 +208,6 @@ class EngineFactory:
             availability.regained()
 
         event.listen(engine.sync_engine, "connect", connected)
-        lifecycle = self.lifecycle
-        if lifecycle is not None:
-
-            def refuse_once_closed(*_: Any) -> None:
-                # A disposed engine would open a brand-new connection nothing ever closes.
-                if lifecycle.state is State.CLOSED:
-                    raise RouterClosedError()
-
-            event.listen(engine.sync_engine, "do_connect", refuse_once_closed)
         database = Database(
             name, settings, engine, sessions, kind, availability=availability, events=self.events
         )
@@ -231,6 +221,12 @@ class EngineFactory:
         """Stop *database* taking sessions, wait for the open ones (at most *timeout*
         seconds; None: as long as they take), then close every connection of its engine."""
         database.leases.retire()
+        lifecycle = self.lifecycle
+        if lifecycle is not None and not event.contains(
+            database.engine.sync_engine, "do_connect", lifecycle.refuse_once_closed
+        ):
+            # Only from here on: a dialect event is a cost on every statement.
+            event.listen(database.engine.sync_engine, "do_connect", lifecycle.refuse_once_closed)
         if not await database.leases.drained(timeout):
             logger.warning(
                 "dbrouter: disposing database %r while %d session(s) still use it",

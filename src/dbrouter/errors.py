@@ -18,9 +18,11 @@ __all__ = [
     "RouterClosedError",
     "SessionClosedError",
     "TenantError",
+    "TenantExistsError",
     "TenantResolutionError",
     "UnknownDatabaseError",
     "UnknownTenantError",
+    "UnmanagedTenantError",
 ]
 
 
@@ -76,6 +78,19 @@ class UnknownTenantError(TenantError, LookupError):
     def __init__(self, tenant: str) -> None:
         self.tenant = tenant
         super().__init__(f"unknown tenant {tenant!r}")
+
+
+class TenantExistsError(TenantError, ValueError):
+    """A tenant was to be created whose database or schema exists already."""
+
+    def __init__(self, tenant: str, where: str) -> None:
+        self.tenant = tenant
+        super().__init__(f"tenant {tenant!r} exists already: {where} is there")
+
+
+class UnmanagedTenantError(TenantError, ValueError):
+    """A tenant was to be created or dropped whose storage dbrouter does not derive (a
+    database of its own, a catalog entry): it is created and dropped where it is declared."""
 
 
 class DatabaseUnavailableError(DBRouterError, ConnectionError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from typing import Any
 
 from .errors import RouterClosedError
 
@@ -46,7 +47,14 @@ class Lifecycle:
 
     def check(self) -> None:
         """`RouterClosedError` unless sessions may be lent."""
-        if not self.usable:
+        # On the path of every request: one comparison, no further call.
+        if self.state is not State.NEW and self.state is not State.OPEN:
+            raise RouterClosedError()
+
+    def refuse_once_closed(self, *_: Any) -> None:
+        """`RouterClosedError` once closed: the ``do_connect`` hook of a disposed engine,
+        which would otherwise open a brand-new connection nothing ever closes."""
+        if self.state is State.CLOSED:
             raise RouterClosedError()
 
     def on_open(self, starter: Callable[[], None]) -> None:

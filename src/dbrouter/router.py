@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .budget import ConnectionBudget
-from .context import tenant_context
 from .databases import Database, SessionFactory
 from .engines import EngineFactory
-from .errors import ConfigurationError, RouterClosedError, UnknownDatabaseError
+from .errors import ConfigurationError, UnknownDatabaseError
 from .events import EventBus
 from .health import HealthReport, check_databases
-from .lending import LentSession
+from .lending import LentSession, TenantLentSession
 from .lifecycle import Lifecycle, State
 from .logs import log_events
 from .metrics import MetricsSnapshot, RouterMetrics
@@ -33,10 +31,6 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
 
 __all__ = ["DatabaseRouter"]
-
-
-# Routing is retried when the engine found was evicted before a session could lease it.
-_ROUTE_ATTEMPTS = 3
 
 
 class DatabaseRouter:
@@ -178,35 +172,19 @@ class DatabaseRouter:
         server the replica routing picks.
         """
         database = self.database(name)
-        if database.is_replica and self._replication is not None:
+        if self._replication is not None and database.is_replica:
             group = self._replication.groups[database.name]
             return LentSession(None, commit=commit, route=group.lend_route)
         return LentSession(database, database.sessionmaker, commit=commit)
 
-    @asynccontextmanager
-    async def tenant_session(
-        self, tenant: str, *, commit: bool = False
-    ) -> AsyncIterator[AsyncSession]:
-        """A session on *tenant*'s data, for code outside requests; `session` otherwise.
+    def tenant_session(self, tenant: str, *, commit: bool = False) -> TenantLentSession:
+        """``async with router.tenant_session(tenant) as session:`` — a session on *tenant*'s
+        data, for code outside requests; `session` otherwise.
 
         The id is validated before anything else (`TenantResolutionError`), an unknown
         tenant raises `UnknownTenantError`, and `current_tenant()` is *tenant* inside.
         """
-        tenancy = self.tenancy
-        for attempt in range(_ROUTE_ATTEMPTS):
-            database, make_session = await tenancy.route(tenant)
-            lent = LentSession(database, make_session, commit=commit)
-            try:
-                # No await between routing and the lease: an eviction cannot slip in.
-                session = await lent.__aenter__()
-            except RouterClosedError:
-                if attempt + 1 == _ROUTE_ATTEMPTS:
-                    raise
-                continue  # evicted between routing and the lease: route again
-            break
-        with tenant_context(tenant):
-            async with _entered(lent, session):
-                yield session
+        return TenantLentSession(tenant, self.tenancy.route, commit=commit)
 
     def add_tenant(
         self,
@@ -224,6 +202,28 @@ class DatabaseRouter:
     def remove_tenant(self, tenant: str) -> None:
         """Forget a tenant declared in configuration or by `add_tenant`."""
         self.tenancy.remove(tenant)
+
+    async def create_tenant(self, tenant: str) -> None:
+        """Create *tenant*'s database (from ``tenancy.url_template``) or schema (from
+        ``tenancy.schema_template``); the next request for it is served at once.
+
+        The id is validated first (`TenantResolutionError`). A tenant with a ``url`` of its
+        own or from a catalog is refused (`UnmanagedTenantError`), as is one whose storage
+        exists already (`TenantExistsError`). The template's role needs the right to
+        create databases (``CREATEDB``) or schemas.
+        """
+        await self.tenancy.create(tenant)
+
+    async def drop_tenant(self, tenant: str, *, timeout: float = 10.0) -> None:
+        """Drop *tenant*'s database or schema, and everything in it.
+
+        From the call on, a request for the tenant is a 404. Its sessions get up to
+        *timeout* seconds to finish, then its engine is disposed and its storage dropped
+        (a database ``WITH (FORCE)`` on PostgreSQL 13+, so other processes' connections to
+        it are closed too). Errors as `create_tenant`; `UnknownTenantError` when there is
+        nothing to drop.
+        """
+        await self.tenancy.drop(tenant, timeout)
 
     async def check(self) -> HealthReport:
         """Ping every database and report status, latency and pool figures; for replicas
@@ -337,14 +337,3 @@ class DatabaseRouter:
         from .fastapi.metrics import build_metrics_router
 
         return build_metrics_router(self, path=path)
-
-
-@asynccontextmanager
-async def _entered(lent: LentSession, session: AsyncSession) -> AsyncIterator[AsyncSession]:
-    """Leave *lent*, already entered, when the block ends."""
-    try:
-        yield session
-    except BaseException as exc:
-        await lent.__aexit__(type(exc), exc, exc.__traceback__)
-        raise
-    await lent.__aexit__(None, None, None)

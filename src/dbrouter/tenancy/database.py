@@ -7,33 +7,33 @@ import asyncio
 import contextlib
 import functools
 import logging
-import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from cachetools import TTLCache
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import NullPool, QueuePool
 
 from ..databases import Database
 from ..engines import EngineFactory
-from ..errors import RouterClosedError, UnknownTenantError
+from ..errors import RouterClosedError, UnknownTenantError, UnmanagedTenantError
 from ..events import TenantEngineEvicted
 from ..outages import as_unavailable
 from ..settings import DatabaseSettings, TenancySettings, TenantSettings, tenant_url
 from ..singleflight import SingleFlight
+from ..urls import render
+from .storage import NO_SUCH_DATABASE, quoted, refused, sqlstate
 from .strategy import StrategyContext, TenantRoute
 
 __all__ = ["DatabaseTenancy", "TenantEngineCache"]
 
 logger = logging.getLogger("dbrouter")
 
-# PostgreSQL's "database does not exist": a tenant the URL template points nowhere.
-_NO_SUCH_DATABASE = "3D000"
 _PLACEHOLDER = "dbroutertenantlisting"
 _DATABASES = text("SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn")
-_MISSING = re.compile(r'FATAL:\s+database ".*" does not exist')
 
 
 class TenantEngineCache(TTLCache[str, Database]):
@@ -108,21 +108,100 @@ class DatabaseTenancy:
         template = self._tenancy.url_template
         if template is None:
             return []
-        url = tenant_url(template, _PLACEHOLDER)
-        prefix, _, suffix = (url.database or "").partition(_PLACEHOLDER)
+        prefix, _, suffix = (tenant_url(template, _PLACEHOLDER).database or "").partition(
+            _PLACEHOLDER
+        )
+        async with self._maintenance(template) as connection:
+            names = (await connection.scalars(_DATABASES)).all()
+        found = (_between(name, prefix, suffix) for name in names)
+        return sorted(tenant for tenant in found if tenant)
+
+    def where(self, tenant: str, settings: TenantSettings) -> str:
+        """The URL of *tenant*'s database, its password hidden."""
+        url = settings.url
+        if url is None and self._tenancy.url_template is not None:
+            url = tenant_url(self._tenancy.url_template, tenant)
+        return "(no database: no url and no url_template)" if url is None else render(url)
+
+    async def create(self, tenant: str) -> None:
+        """``CREATE DATABASE`` of the URL template's database for *tenant*, through a
+        connection to the ``postgres`` database of the same server and role."""
+        url = self._derived(tenant, "create")
+        async with self._maintenance(url) as connection:
+            name = quoted(connection, url.database or "")
+            try:
+                await connection.execute(text(f"CREATE DATABASE {name}"))
+            except sa_exc.DBAPIError as exc:
+                raise refused(exc, tenant, f"database {url.database!r}", "create") from exc
+
+    async def drop(self, tenant: str, timeout: float) -> None:
+        """Dispose *tenant*'s engine once its sessions are done (at most *timeout*
+        seconds), then ``DROP DATABASE`` — with ``FORCE`` on PostgreSQL 13 and later, so
+        connections other processes keep to it are closed too."""
+        url = self._derived(tenant, "drop")
+        await self._dispose_now(tenant, timeout)
+        async with self._maintenance(url) as connection:
+            name = quoted(connection, url.database or "")
+            version = connection.dialect.server_version_info or (0,)
+            force = " WITH (FORCE)" if version >= (13,) else ""
+            try:
+                await connection.execute(text(f"DROP DATABASE {name}{force}"))
+            except sa_exc.DBAPIError as exc:
+                raise refused(exc, tenant, f"database {url.database!r}", "drop") from exc
+
+    def _derived(self, tenant: str, action: str) -> URL:
+        # Settings let a URL template name PostgreSQL only.
+        template = self._tenancy.url_template
+        if template is None:
+            raise UnmanagedTenantError(
+                f"cannot {action} tenant {tenant!r}: dbrouter creates and drops only the "
+                "databases it derives from tenancy.url_template, and none is set"
+            )
+        return tenant_url(template, tenant)
+
+    @contextlib.asynccontextmanager
+    async def _maintenance(self, url: URL) -> AsyncIterator[AsyncConnection]:
+        # The server's own "postgres" database, with the template's role and options, in
+        # autocommit: CREATE and DROP DATABASE cannot run inside a transaction.
+        # The TLS and timeouts of the tenants' own connections apply.
+        tenancy = self._tenancy
         maintenance = self._factory.build(
             f"maintenance:{url.host or 'local'}",
-            DatabaseSettings(url=url.set(database="postgres")),
+            DatabaseSettings(
+                url=url.set(database="postgres"),
+                connect_timeout=tenancy.connect_timeout,
+                **tenancy.tenant_connection(TenantSettings()),
+            ),
             kind="maintenance",
             poolclass=NullPool,
         )
         try:
-            async with maintenance.engine.connect() as connection:
-                names = (await connection.scalars(_DATABASES)).all()
+            try:
+                async with maintenance.engine.connect() as connection:
+                    yield await connection.execution_options(isolation_level="AUTOCOMMIT")
+            except Exception as exc:  # the driver's own errors too: a refused connection
+                unavailable = as_unavailable(exc, maintenance.name)
+                if unavailable is None:
+                    raise
+                raise unavailable from exc
         finally:
             await self._factory.dispose(maintenance)
-        found = (_between(name, prefix, suffix) for name in names)
-        return sorted(tenant for tenant in found if tenant)
+
+    async def _dispose_now(self, tenant: str, timeout: float) -> None:
+        database = self._cache.pop(tenant, None)
+        if database is None:
+            return
+        self._retire(database)
+        task = next(task for task, retiring in self._retiring.items() if retiring is database)
+        _, late = await asyncio.wait({task}, timeout=timeout)
+        if late:
+            logger.warning(
+                "dbrouter: dropping %s while %d session(s) still use it",
+                database.name,
+                database.leases.count,
+            )
+            task.cancel()
+            await database.engine.dispose()
 
     def cached(self) -> dict[str, Database]:
         """The tenant databases cached now, by tenant id."""
@@ -244,7 +323,7 @@ class DatabaseTenancy:
             await self._factory.dispose(database)
             if not isinstance(exc, Exception):
                 raise  # cancelled: nothing of the engine is left behind
-            if _sqlstate(exc) == _NO_SUCH_DATABASE:
+            if sqlstate(exc) == NO_SUCH_DATABASE:
                 raise UnknownTenantError(tenant) from None
             unavailable = as_unavailable(exc, database.name)
             if unavailable is not None:
@@ -281,17 +360,3 @@ def _between(name: str, prefix: str, suffix: str) -> str | None:
     if not (name.startswith(prefix) and name.endswith(suffix)):
         return None
     return name[len(prefix) : len(name) - len(suffix)]
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    current: BaseException | None = exc
-    while current is not None:
-        state = getattr(current, "sqlstate", None)
-        if isinstance(state, str):
-            return state
-        if state is None and "FATAL:" in str(current) and _MISSING.search(str(current)):
-            return _NO_SUCH_DATABASE  # libpq (psycopg) gives the server's refusal as text
-        current = current.__cause__ or (
-            current.orig if isinstance(current, sa_exc.DBAPIError) else None
-        )
-    return None

@@ -129,6 +129,21 @@ class TenantDirectory:
         """The ids of the tenants declared in configuration or added at runtime."""
         return sorted(self._static)
 
+    def declared(self, tenant: str) -> TenantSettings | None:
+        """The settings *tenant* is declared with (configuration or `add`), else None."""
+        return self._static.get(tenant)
+
+    @property
+    def has_catalog(self) -> bool:
+        """Whether tenants come from a catalog."""
+        return self._catalog is not None
+
+    def found(self, tenant: str) -> None:
+        """Remember that *tenant*'s storage exists (it was just created): its next lookup
+        asks nobody."""
+        if tenant not in self._static:
+            self._answers[tenant] = TenantSettings()
+
     def add(self, tenant: str, settings: TenantSettings) -> None:
         """Declare *tenant* (or replace its settings)."""
         self._static[self.validate(tenant)] = settings

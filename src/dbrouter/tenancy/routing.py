@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import UnknownTenantError
+from ..errors import UnknownTenantError, UnmanagedTenantError
 from ..settings import TenantSettings
 from .directory import TenantCatalog, TenantDirectory
 from .resolvers import HeaderTenantResolver, TenantResolver
@@ -68,6 +68,59 @@ class Tenancy:
         known = self.strategy.forget(tenant) or known
         if not known:
             raise UnknownTenantError(tenant)
+
+    def where(self, tenant: str) -> str:
+        """Where *tenant* keeps its data, for people to read: never a password."""
+        declared = self.directory.declared(tenant)
+        if declared is None and self.directory.has_catalog:
+            return "(the tenant catalog's)"
+        return self.strategy.where(tenant, declared or TenantSettings())
+
+    async def create(self, tenant: str) -> None:
+        """Create *tenant*'s database or schema and make it known at once; the tenant id
+        validated.
+
+        `TenantResolutionError` for a malformed id (before any I/O),
+        `UnmanagedTenantError` for a tenant whose storage is not derived from a template,
+        `TenantExistsError` when its storage exists already.
+        """
+        tenant = self._managed(tenant, "create")
+        await self.strategy.create(tenant)
+        self.directory.found(tenant)
+
+    async def drop(self, tenant: str, timeout: float) -> None:
+        """Forget *tenant* at once (its next request is a 404), drain and dispose its
+        engine, then drop its database or schema (see `create` for the errors;
+        `UnknownTenantError` when there is nothing to drop)."""
+        tenant = self._managed(tenant, "drop")
+        declared = self.directory.declared(tenant)
+        self.directory.remove(tenant)
+        self.directory.forget(tenant, unknown=True)
+        try:
+            await self.strategy.drop(tenant, timeout)
+        except BaseException as exc:
+            if not isinstance(exc, UnknownTenantError):
+                # Still there: the tenant stays as it was.
+                self.directory.forget(tenant, unknown=False)
+                if declared is not None:
+                    self.directory.add(tenant, declared)
+            raise
+
+    def _managed(self, raw: object, action: str) -> str:
+        tenant = self.directory.validate(raw)
+        declared = self.directory.declared(tenant)
+        if declared is not None and declared.url is not None:
+            raise UnmanagedTenantError(
+                f"cannot {action} tenant {tenant!r}: it has a database of its own "
+                f"(tenancy.tenants.{tenant}.url); dbrouter creates and drops only what it "
+                "derives from a template"
+            )
+        if self.directory.has_catalog:
+            raise UnmanagedTenantError(
+                f"cannot {action} tenant {tenant!r}: tenants come from the tenant catalog; "
+                f"{action} it there"
+            )
+        return tenant
 
     def reclaim_idle(self) -> bool:
         """Close idle tenant connections to free a slot of ``max_connections``."""

@@ -21,6 +21,7 @@ import logging
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
@@ -29,8 +30,10 @@ from sqlalchemy.util import await_only
 
 from ..databases import Database, GuardedSession
 from ..errors import ConfigurationError, TenantError
+from ..outages import as_unavailable
 from ..settings import TenantSettings
 from ..urls import is_postgresql
+from .storage import quoted, refused
 from .strategy import StrategyContext, TenantRoute
 
 __all__ = ["SchemaTenancy", "TenantSchemaSession"]
@@ -41,6 +44,7 @@ _SEARCH_PATH = "dbrouter_search_path"
 _SERVED_TENANT = "dbrouter_served_tenant"
 _PIN = text("SELECT set_config('search_path', :path, true)")
 _SCHEMAS = text("SELECT nspname FROM pg_namespace")
+_LOCK_TIMEOUT = text("SELECT set_config('lock_timeout', :timeout, true)")
 _EXISTS = text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :name)")
 
 
@@ -149,6 +153,39 @@ class SchemaTenancy:
     def forget(self, tenant: str) -> bool:
         """Nothing is cached per tenant: the engine is shared."""
         return False
+
+    def where(self, tenant: str, settings: TenantSettings) -> str:
+        """*tenant*'s schema, and the database that holds it."""
+        return f"schema {self.schema(tenant)} in database {self.database.name!r}"
+
+    async def create(self, tenant: str) -> None:
+        """``CREATE SCHEMA`` of *tenant*'s schema in the shared database."""
+        await self._change(tenant, "create", "CREATE SCHEMA {}")
+
+    async def drop(self, tenant: str, timeout: float) -> None:
+        """``DROP SCHEMA ... CASCADE`` of *tenant*'s schema; it waits for the locks that
+        sessions still working in the schema hold (at most *timeout* seconds)."""
+        milliseconds = max(1, round(timeout * 1000))
+        await self._change(
+            tenant, "drop", "DROP SCHEMA {} CASCADE", lock_timeout=f"{milliseconds}ms"
+        )
+
+    async def _change(
+        self, tenant: str, action: str, statement: str, *, lock_timeout: str | None = None
+    ) -> None:
+        schema = self.schema(tenant)
+        try:
+            async with self.database.engine.begin() as connection:
+                if lock_timeout is not None:
+                    await connection.execute(_LOCK_TIMEOUT, {"timeout": lock_timeout})
+                await connection.execute(text(statement.format(quoted(connection, schema))))
+        except Exception as exc:  # the driver's own errors too: a refused connection
+            unavailable = as_unavailable(exc, self.database.name)
+            if unavailable is not None:
+                raise unavailable from exc
+            if not isinstance(exc, sa_exc.DBAPIError):
+                raise
+            raise refused(exc, tenant, f"schema {schema!r}", action) from exc
 
     def cached(self) -> dict[str, Database]:
         """No tenant has an engine of its own."""

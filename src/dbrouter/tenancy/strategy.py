@@ -59,6 +59,21 @@ class TenancyStrategy(Protocol):
         whether anything was."""
         ...
 
+    def where(self, tenant: str, settings: TenantSettings) -> str:
+        """Where *tenant*'s data lives, for people to read: never a password."""
+        ...
+
+    async def create(self, tenant: str) -> None:
+        """Create the storage of the validated *tenant* by the strategy's own rule (the
+        URL template's database, the schema template's schema); `TenantExistsError`
+        when it exists already, `UnmanagedTenantError` when the strategy has no rule."""
+        ...
+
+    async def drop(self, tenant: str, timeout: float) -> None:
+        """Drain and dispose what serves *tenant* (open sessions get up to *timeout*
+        seconds), then drop its storage; `UnknownTenantError` when there is none."""
+        ...
+
     def cached(self) -> dict[str, Database]:
         """The engines of a tenant's own kept now, by tenant id (empty where tenants share
         an engine)."""
