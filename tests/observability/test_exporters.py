@@ -6,7 +6,7 @@ every figure; missing extras named; no password anywhere."""
 
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -166,18 +166,23 @@ def otel_metrics(data: MetricsData | None) -> dict[str, Any]:
     }
 
 
-async def test_opentelemetry_instruments_have_the_conventions_names_units_and_attributes(
-    pg_url: str,
-) -> None:
+@pytest.fixture
+def otel() -> Iterator[tuple[InMemoryMetricReader, MeterProvider]]:
+    """A meter provider reading into memory, shut down after the test."""
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
-    try:
-        async with running(pg_url) as (router, client):
-            instrument(router, meter_provider=provider)
-            await traffic(client)
-            metrics = otel_metrics(reader.get_metrics_data())
-    finally:
-        provider.shutdown()
+    yield reader, provider
+    provider.shutdown()
+
+
+async def test_opentelemetry_instruments_have_the_conventions_names_units_and_attributes(
+    pg_url: str, otel: tuple[InMemoryMetricReader, MeterProvider]
+) -> None:
+    reader, provider = otel
+    async with running(pg_url) as (router, client):
+        instrument(router, meter_provider=provider)
+        await traffic(client)
+        metrics = otel_metrics(reader.get_metrics_data())
     missing = [spec.name for spec in INSTRUMENTS if spec.name not in metrics]
     assert missing == ["dbrouter.replica.lag", "dbrouter.replica.wal_lag"]
     for spec in INSTRUMENTS:
@@ -274,20 +279,18 @@ def test_a_missing_extra_is_named(
 
 
 async def test_no_password_in_any_metric_or_log_line(
-    secret_url: str, caplog: pytest.LogCaptureFixture
+    secret_url: str,
+    caplog: pytest.LogCaptureFixture,
+    otel: tuple[InMemoryMetricReader, MeterProvider],
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="dbrouter")
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
-    try:
-        async with running(secret_url) as (router, client):
-            instrument(router, meter_provider=provider)
-            await traffic(client)
-            text_format = (await client.get("/metrics")).text
-            data = reader.get_metrics_data()
-            snapshot = router.metrics()
-    finally:
-        provider.shutdown()
+    reader, provider = otel
+    async with running(secret_url) as (router, client):
+        instrument(router, meter_provider=provider)
+        await traffic(client)
+        text_format = (await client.get("/metrics")).text
+        data = reader.get_metrics_data()
+        snapshot = router.metrics()
     assert data is not None
     assert "tenant:acme" in text_format
     assert_hidden(text_format, data.to_json(), snapshot, snapshot.as_dict())
