@@ -24,8 +24,17 @@ from .errors import (
 )
 from .events import EventBus
 from .health import DatabaseHealth, HealthReport, PoolStats
-from .lending import LentSession
+from .lending import LentSession, TenantLentSession
 from .lifecycle import State
+from .metrics import (
+    BudgetMetrics,
+    HistogramSnapshot,
+    MetricsSnapshot,
+    PoolMetrics,
+    ReplicaServerMetrics,
+    RouterMetrics,
+    TenantMetrics,
+)
 from .replicas import ReplicaSet
 from .router import DatabaseRouter
 from .settings import (
@@ -50,6 +59,7 @@ from .tenancy.strategy import TenancyStrategy
 
 __all__ = [
     "BudgetExhaustedError",
+    "BudgetMetrics",
     "CallableTenantResolver",
     "ChainTenantResolver",
     "ConfigurationError",
@@ -63,14 +73,19 @@ __all__ = [
     "EventBus",
     "HeaderTenantResolver",
     "HealthReport",
+    "HistogramSnapshot",
     "LentSession",
     "ListingTenantCatalog",
+    "MetricsSnapshot",
     "PathTenantResolver",
+    "PoolMetrics",
     "PoolStats",
     "ReadOnlySessionError",
     "ReplicaHostSettings",
+    "ReplicaServerMetrics",
     "ReplicaSet",
     "RouterClosedError",
+    "RouterMetrics",
     "RouterSettings",
     "SessionClosedError",
     "State",
@@ -81,6 +96,8 @@ __all__ = [
     "TenantCatalog",
     "TenantError",
     "TenantExistsError",
+    "TenantLentSession",
+    "TenantMetrics",
     "TenantRequest",
     "TenantResolutionError",
     "TenantResolver",

@@ -6,13 +6,18 @@ every request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import Token
 from types import TracebackType
+from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.util import greenlet_spawn
 
+from .context import enter_tenant, leave_tenant
 from .databases import Database, GuardedSession
 from .errors import RouterClosedError
 from .events import CheckoutTimedOut
@@ -25,7 +30,7 @@ from .outages import (
 )
 from .replicas.readonly import ReplicaSession
 
-__all__ = ["LentSession", "Route", "SessionMaker"]
+__all__ = ["LentSession", "Route", "SessionMaker", "TenantLentSession", "TenantRouter"]
 
 logger = logging.getLogger("dbrouter")
 
@@ -39,6 +44,11 @@ SessionMaker = Callable[[], AsyncSession]
 Route = tuple[Database, SessionMaker, Callable[[], None] | None]
 """Where a session goes: the database, how to open a session there, and whom to tell when
 the database turns out to be unreachable."""
+TenantRouter = Callable[[str], Awaitable[tuple[Database, SessionMaker]]]
+"""Validates and looks a tenant up, and says where its session goes."""
+
+# Routing is retried when the engine found was evicted before a session could lease it.
+_ROUTE_ATTEMPTS = 3
 
 
 class LentSession:
@@ -114,7 +124,8 @@ class LentSession:
         assert session is not None
         session.bind = other.engine
         session.sync_session.bind = other.engine.sync_engine
-        logger.info("dbrouter: %r unreachable, session moved to %r", database.name, other.name)
+        # Per request: DEBUG. The server leaving rotation is the one WARNING.
+        logger.debug("dbrouter: %r unreachable, session moved to %r", database.name, other.name)
         return other.engine.sync_engine
 
     async def __aexit__(
@@ -138,7 +149,7 @@ class LentSession:
                     raise
         finally:
             try:
-                await session.__aexit__(None, None, None)  # closes, shielded from cancellation
+                await _close(session)
             finally:
                 database.leases.release()
                 sync_session = session.sync_session
@@ -167,6 +178,99 @@ class LentSession:
             database.availability.lost(unavailable.reason)
         if unavailable is not exc:
             raise unavailable from exc
+
+
+class TenantLentSession:
+    """``async with`` a session on a tenant's data: routed through *route* on entering
+    (again if the engine found was evicted before it could be leased), lent as
+    `LentSession` lends, with the tenant current (`current_tenant()`) inside."""
+
+    __slots__ = ("_commit", "_lent", "_route", "_tenant", "_token")
+
+    def __init__(self, tenant: str, route: TenantRouter, *, commit: bool = False) -> None:
+        self._tenant = tenant
+        self._route = route
+        self._commit = commit
+        self._lent: LentSession | None = None
+        self._token: Token[str | None] | None = None
+
+    async def __aenter__(self) -> AsyncSession:
+        for attempt in range(_ROUTE_ATTEMPTS):
+            database, make_session = await self._route(self._tenant)
+            lent = LentSession(database, make_session, commit=self._commit)
+            try:
+                # No await between routing and the lease: an eviction cannot slip in.
+                session = await lent.__aenter__()
+            except RouterClosedError:
+                if attempt + 1 == _ROUTE_ATTEMPTS:
+                    raise
+                continue  # evicted between routing and the lease: route again
+            break
+        self._lent = lent
+        self._token = enter_tenant(self._tenant)
+        return session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        lent, token = self._lent, self._token
+        assert lent is not None
+        assert token is not None
+        try:
+            await lent.__aexit__(exc_type, exc, traceback)
+        finally:
+            leave_tenant(token)
+
+
+async def _close(session: AsyncSession) -> None:
+    """Close *session* in this task.
+
+    ``async with session`` closes in a task of its own, shielded from cancellation: a task
+    on every request. Here the close runs in place; only a cancellation that interrupts it
+    — leaving a connection in the middle of its rollback, still checked out — costs a
+    task: the connections the session held are invalidated and handed back to their pools
+    there, out of the cancellation's reach, before the cancellation goes on.
+    """
+    transaction = session.sync_session.get_transaction()
+    held = [] if transaction is None else [entry[0] for entry in transaction._connections.values()]
+    try:
+        await session.close()
+    except asyncio.CancelledError:
+        await _to_completion(_discard(held))
+        raise
+
+
+async def _discard(connections: list[Connection]) -> None:
+    for connection in connections:
+        if connection.closed:
+            continue
+        try:
+            await greenlet_spawn(_invalidate_and_close, connection)
+        except Exception:
+            # Closing a broken connection can fail too; the pool has let go of it already.
+            logger.debug("dbrouter: discarding a connection failed", exc_info=True)
+
+
+def _invalidate_and_close(connection: Connection) -> None:
+    connection.invalidate()  # its state is unknown: the pool must not lend it again
+    connection.close()
+
+
+async def _to_completion(work: Coroutine[Any, Any, None]) -> None:
+    """Run *work* in a task, and wait for its end however often the waiting is
+    cancelled."""
+    task = asyncio.get_running_loop().create_task(work)
+    while True:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+        else:
+            return
 
 
 async def _rollback_quietly(session: AsyncSession) -> None:

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .budget import ConnectionBudget
-from .context import tenant_context
 from .databases import Database, SessionFactory
 from .engines import EngineFactory
-from .errors import ConfigurationError, RouterClosedError, TenantError, UnknownDatabaseError
+from .errors import ConfigurationError, TenantError, UnknownDatabaseError
 from .events import EventBus
 from .health import HealthReport, check_databases
-from .lending import LentSession
+from .lending import LentSession, TenantLentSession
 from .lifecycle import Lifecycle, State
 from .logs import log_events
+from .metrics import MetricsSnapshot, RouterMetrics
 from .migrations import MISSING_EXTRA
 from .registry import DatabaseRegistry
 from .replicas.rotation import ReplicaSet
@@ -35,8 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["DatabaseRouter"]
 
 
-# Routing is retried when the engine found was evicted before a session could lease it.
-_ROUTE_ATTEMPTS = 3
 # Seconds a tenant whose first migration failed may take to be dropped again.
 _UNDO_TIMEOUT = 10.0
 
@@ -97,6 +94,7 @@ class DatabaseRouter:
         )
         if self._budget is not None and self._tenancy is not None:
             self._budget.reclaim = self._tenancy.reclaim_idle
+        self._metrics: RouterMetrics | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> DatabaseRouter:
@@ -184,30 +182,14 @@ class DatabaseRouter:
             return LentSession(None, commit=commit, route=group.lend_route)
         return LentSession(database, database.sessionmaker, commit=commit)
 
-    @asynccontextmanager
-    async def tenant_session(
-        self, tenant: str, *, commit: bool = False
-    ) -> AsyncIterator[AsyncSession]:
-        """A session on *tenant*'s data, for code outside requests; `session` otherwise.
+    def tenant_session(self, tenant: str, *, commit: bool = False) -> TenantLentSession:
+        """``async with router.tenant_session(tenant) as session:`` — a session on *tenant*'s
+        data, for code outside requests; `session` otherwise.
 
         The id is validated before anything else (`TenantResolutionError`), an unknown
         tenant raises `UnknownTenantError`, and `current_tenant()` is *tenant* inside.
         """
-        tenancy = self.tenancy
-        for attempt in range(_ROUTE_ATTEMPTS):
-            database, make_session = await tenancy.route(tenant)
-            lent = LentSession(database, make_session, commit=commit)
-            try:
-                # No await between routing and the lease: an eviction cannot slip in.
-                session = await lent.__aenter__()
-            except RouterClosedError:
-                if attempt + 1 == _ROUTE_ATTEMPTS:
-                    raise
-                continue  # evicted between routing and the lease: route again
-            break
-        with tenant_context(tenant):
-            async with _entered(lent, session):
-                yield session
+        return TenantLentSession(tenant, self.tenancy.route, commit=commit)
 
     def add_tenant(
         self,
@@ -311,6 +293,35 @@ class DatabaseRouter:
         """Evicted tenant engines still waiting for their sessions to finish."""
         return 0 if self._tenancy is None else self._tenancy.strategy.draining
 
+    def metrics(self) -> MetricsSnapshot:
+        """Every pool, replica, tenant and budget figure now, as plain data (see
+        ``docs/observability.md``). The first call starts collecting them."""
+        return self.metrics_collector().snapshot()
+
+    def metrics_collector(self) -> RouterMetrics:
+        """The collector of this router's figures, for exporters; the first call attaches
+        meters to every pool and subscribes to the events (nothing is measured before)."""
+        if self._metrics is None:
+            replication, tenancy = self._replication, self._tenancy
+            self._metrics = RouterMetrics(
+                self._events,
+                self._factory,
+                replica_sets=lambda: (
+                    []
+                    if replication is None or self.closed
+                    else [
+                        group.replica_set
+                        for group in replication.groups.values()
+                        if group.replica_set is not None
+                    ]
+                ),
+                tenant_engines=(
+                    None if tenancy is None else lambda: len(tenancy.strategy.cached())
+                ),
+                budget=self._budget,
+            )
+        return self._metrics
+
     async def dispose(self, *, timeout: float = 10.0) -> None:
         """Close every connection of every engine; the router cannot be used afterwards.
 
@@ -345,13 +356,9 @@ class DatabaseRouter:
 
         return build_health_router(self, path=path)
 
+    def metrics_router(self, *, path: str = "/metrics") -> APIRouter:
+        """An `APIRouter` serving every figure at *path* in the Prometheus text format
+        (extra ``prometheus``); collecting starts now."""
+        from .fastapi.metrics import build_metrics_router
 
-@asynccontextmanager
-async def _entered(lent: LentSession, session: AsyncSession) -> AsyncIterator[AsyncSession]:
-    """Leave *lent*, already entered, when the block ends."""
-    try:
-        yield session
-    except BaseException as exc:
-        await lent.__aexit__(type(exc), exc, exc.__traceback__)
-        raise
-    await lent.__aexit__(None, None, None)
+        return build_metrics_router(self, path=path)

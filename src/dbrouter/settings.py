@@ -98,6 +98,28 @@ def _not_a_url(value: object) -> object:
 ScriptDirectoryPath = Annotated[Path, BeforeValidator(_not_a_url)]
 """The path of an Alembic script directory (checked when a migration runs, not before)."""
 
+
+_TRUE_WORDS = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "f", "no", "n", "off"})
+
+
+def _pre_ping_mode(value: object) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word == "idle":
+            return "idle"
+        if word in _TRUE_WORDS or word in _FALSE_WORDS:
+            return word in _TRUE_WORDS
+    raise ConfigurationError('must be true, false or "idle"')
+
+
+PrePing = Annotated[bool | Literal["idle"], BeforeValidator(_pre_ping_mode)]
+"""``pool_pre_ping``: test every checkout (true), none (false), or only idle ones (idle)."""
+
 _CONNECTION_KEYS = (
     "statement_timeout",
     "idle_in_transaction_timeout",
@@ -159,8 +181,14 @@ class DatabaseSettings(_Model):
     """Connections opened beyond ``pool_size`` under load, closed when returned."""
     pool_recycle: int = Field(default=3600, ge=-1)
     """Seconds after which a pooled connection is replaced (-1: never)."""
-    pool_pre_ping: bool = True
-    """Test a pooled connection before handing it out; replaces connections a restart broke."""
+    pool_pre_ping: PrePing = "idle"
+    """Test pooled connections before handing them out, so that a restart costs no request:
+    ``idle`` tests one only when it sat unused for ``pre_ping_idle_after`` or the driver
+    saw it close (no round trip on other checkouts); ``true`` every checkout; ``false``
+    none."""
+    pre_ping_idle_after: float = Field(default=5.0, gt=0)
+    """With ``pool_pre_ping: idle``: seconds a pooled connection may sit unused and still be
+    handed out untested."""
     pool_use_lifo: bool = True
     """Reuse the most recently returned connection first, so idle extras can time out."""
     pool_timeout: float = Field(default=30.0, gt=0)
@@ -252,6 +280,12 @@ class DatabaseSettings(_Model):
                 "migrations",
                 f"a replica is never migrated: it follows {self.replica_of!r}; set "
                 f"migrations on {self.replica_of!r} and remove it here",
+            )
+        if "pre_ping_idle_after" in self.model_fields_set and self.pool_pre_ping != "idle":
+            raise _problem(
+                "pre_ping_idle_after",
+                f"only applies with pool_pre_ping: idle (pool_pre_ping is "
+                f"{str(self.pool_pre_ping).lower()}); set pool_pre_ping to idle, or remove it",
             )
         if self.pgbouncer and is_sqlite(self.url):
             raise _problem(
