@@ -292,6 +292,9 @@ def targets(results: Mapping[str, Any]) -> list[Target]:
     if len(schema) >= 2 and schema[0]["rss_mb"] and schema[-1]["rss_mb"]:
         first, last = schema[0], schema[-1]
         grown = last["rss_mb"] / first["rss_mb"]
+        per_tenant = (
+            1024 * (last["rss_mb"] - first["rss_mb"]) / (last["tenants"] - first["tenants"])
+        )
         flat = grown <= FLAT_MEMORY and last["compiled_cache"] == first["compiled_cache"]
         found.append(
             Target(
@@ -299,8 +302,8 @@ def targets(results: Mapping[str, Any]) -> list[Target]:
                 flat,
                 f"{first['rss_mb']:.1f} MB at {first['tenants']:,} tenants, "
                 f"{last['rss_mb']:.1f} MB at {last['tenants']:,} (x{grown:.2f}, at most "
-                f"x{FLAT_MEMORY}); compiled cache {first['compiled_cache']} -> "
-                f"{last['compiled_cache']} entries",
+                f"x{FLAT_MEMORY}; {per_tenant:+.2f} KB a tenant); compiled cache "
+                f"{first['compiled_cache']} -> {last['compiled_cache']} entries",
             )
         )
     else:
