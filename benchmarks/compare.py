@@ -183,8 +183,9 @@ def postgres(url: str | None) -> Iterator[Server]:
 # --------------------------------------------------------------------------------------
 
 
-def run_json(command: Sequence[str | Path]) -> Any:
-    """Runs a script that writes its results to ``--json PATH``; returns them."""
+def run_json(command: Sequence[str | Path], url: str) -> Any:
+    """Runs a script on PostgreSQL at *url* that writes its results to ``--json PATH``;
+    returns them. The URL goes in the environment: a password stays off command lines."""
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "results.json"
         # Peers may log to standard output: it goes with the progress, to standard error.
@@ -193,6 +194,7 @@ def run_json(command: Sequence[str | Path]) -> Any:
             check=True,
             cwd=REPO_ROOT,
             stdout=sys.stderr,
+            env={**os.environ, URL_ENV: url},
         )
         return json.loads(path.read_text())
 
@@ -222,12 +224,12 @@ def in_process(pythons: dict[str, Path], url: str, args: argparse.Namespace) -> 
                 pythons[group],
                 WORKER,
                 "measure",
-                f"--url={url}",
                 f"--stacks={','.join(stacks)}",
                 f"--rounds={args.rounds}",
                 f"--requests={args.requests}",
                 f"--concurrency={args.concurrency}",
-            ]
+            ],
+            url,
         )
     return results
 
@@ -242,10 +244,10 @@ def round_trips(pythons: dict[str, Path], url: str, args: argparse.Namespace) ->
                 pythons[group],
                 WORKER,
                 "round-trips",
-                f"--url={url}",
                 f"--stacks={','.join(stacks)}",
                 f"--requests={args.trip_requests}",
-            ]
+            ],
+            url,
         )
         results.update(found["stacks"])
     return results
@@ -305,11 +307,11 @@ def serving(
                             str(pythons[report.home(stack)]),
                             str(WORKER),
                             "serve",
-                            f"--url={url}",
                             f"--stack={stack}",
                             f"--port={port}",
                         ],
                         cwd=REPO_ROOT,
+                        env={**os.environ, URL_ENV: url},
                         stdout=output,
                         stderr=subprocess.STDOUT,
                     )
@@ -390,12 +392,12 @@ def tenant_scale(python: Path, server: Server, args: argparse.Namespace) -> dict
         [
             python,
             TENANT_SCALE,
-            f"--url={server.url}",
             f"--schemas={','.join(map(str, args.schemas))}",
             f"--databases={args.databases}",
             f"--requests={args.tenant_requests}",
             f"--concurrency={args.concurrency}",
-        ]
+        ],
+        server.url,
     )
     return results
 
@@ -433,7 +435,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         name = f"dbrouter_bench_{os.getpid()}"
         database = server.database(name)
         prepared = run_json(
-            [pythons["dbrouter"], WORKER, "prepare", f"--url={server.url}", f"--database={name}"]
+            [pythons["dbrouter"], WORKER, "prepare", f"--database={name}"], server.url
         )
         try:
             results["machine"]["postgresql"] = prepared["postgresql"]
@@ -464,9 +466,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results[phase] = measure()
                 results["phase_seconds"][phase] = round(time.monotonic() - started)
         finally:
-            run_json(
-                [pythons["dbrouter"], WORKER, "drop", f"--url={server.url}", f"--database={name}"]
-            )
+            run_json([pythons["dbrouter"], WORKER, "drop", f"--database={name}"], server.url)
     return results
 
 

@@ -44,6 +44,8 @@ from dbrouter.events import EngineBuilt, TenantEngineEvicted
 
 __all__ = ["main"]
 
+URL_ENV = "DBROUTER_BENCH_URL"
+
 ROWS = 10
 BATCH = 250
 """Schemas created per transaction."""
@@ -271,7 +273,11 @@ def sizes(text: str) -> list[int]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--url", required=True, help="a PostgreSQL server (postgresql://)")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get(URL_ENV),
+        help=f"a PostgreSQL server, postgresql:// (default: ${URL_ENV})",
+    )
     parser.add_argument("--schemas", type=sizes, default=[10, 100, 1000, 10000])
     parser.add_argument("--databases", type=int, default=200)
     parser.add_argument("--max-engines", type=int, default=50)
@@ -279,7 +285,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=2000, help="random reads per size")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--json", type=Path, help="write the results there too")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.url:
+        parser.error(f"--url or ${URL_ENV} is required")
+    return args
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

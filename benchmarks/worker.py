@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import json
+import os
 import platform
 import sys
 from collections.abc import Sequence
@@ -48,6 +49,8 @@ from stats import rotation
 from wire import counting_proxy
 
 __all__ = ["main", "versions"]
+
+URL_ENV = "DBROUTER_BENCH_URL"
 
 PACKAGES = (
     "fastapi",
@@ -267,7 +270,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("measure", "round-trips", "serve", "prepare", "drop"):
         command = commands.add_parser(name)
-        command.add_argument("--url", required=True, help="postgresql:// URL of the database")
+        command.add_argument(
+            "--url",
+            default=os.environ.get(URL_ENV),
+            help=f"postgresql:// URL (default: ${URL_ENV})",
+        )
         if name in ("prepare", "drop"):
             command.add_argument("--database", required=True, help="its name, on that server")
             command.add_argument("--json", type=Path, required=True, help="where to write results")
@@ -282,7 +289,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if name == "measure":
             command.add_argument("--rounds", type=int, default=8)
             command.add_argument("--concurrency", type=int, default=32)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.url:
+        parser.error(f"--url or ${URL_ENV} is required")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,9 @@ import envs  # noqa: E402
 import load  # noqa: E402
 import plot  # noqa: E402
 import report  # noqa: E402
+import stacks  # noqa: E402
 import tenant_scale  # noqa: E402
+import worker  # noqa: E402
 from stats import Ratio, percentile, ratio, rotation  # noqa: E402
 from wire import FrontendCounter  # noqa: E402
 
@@ -111,6 +113,26 @@ def test_bad_options_are_named(
         compare.parse_args(argv)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_scripts_need_a_server(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DBROUTER_BENCH_URL", raising=False)
+    for parse, argv in (
+        (worker.parse_args, ["measure", "--stacks", "get_db", "--json", "out.json"]),
+        (tenant_scale.parse_args, []),
+    ):
+        with pytest.raises(SystemExit):
+            parse(argv)
+        assert "--url or $DBROUTER_BENCH_URL is required" in capsys.readouterr().err
+    monkeypatch.setenv("DBROUTER_BENCH_URL", "postgresql://db/postgres")
+    assert tenant_scale.parse_args([]).url == "postgresql://db/postgres"
+
+
+def test_an_unknown_stack_lists_the_others() -> None:
+    with pytest.raises(SystemExit, match="unknown stack 'nope'; choose from hand-written, get_db"):
+        stacks.find("nope")
 
 
 def test_tenant_scale_sizes() -> None:
