@@ -40,9 +40,9 @@ from urllib.parse import urlsplit
 
 import envs
 import report
-from load import load
+from load import Load, load
 from machine import describe, pin_cpus
-from stats import rotation
+from stats import counts, rotation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -58,6 +58,8 @@ SERVER_SETTINGS = {"shared_preload_libraries": "pg_stat_statements", "max_connec
 """The throwaway server: statement statistics, and room for every stack's pool at once."""
 ROUTES = {"read": ("GET", "/items/{id}"), "commit": ("POST", "/items/{id}/hits")}
 READY_TIMEOUT = 60.0
+POOL_CONNECTIONS = 30
+"""Connections a stack's pool may hold: 20 and 10 overflow."""
 
 FULL = {
     "rounds": 6,
@@ -84,17 +86,6 @@ QUICK = {
 """``--quick``: every phase, small enough for a smoke run."""
 
 
-def levels(text: str) -> list[int]:
-    """``1,8,32``: increasing concurrency levels of at least 1."""
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
-    if not values or values != sorted(set(values)) or values[0] < 1:
-        raise argparse.ArgumentTypeError(f"need increasing numbers of at least 1, not {text!r}")
-    return values
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] if __doc__ else None,
@@ -114,10 +105,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="in-process rounds per stack and endpoint")
     parser.add_argument("--requests", type=int, help="requests per in-process round")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
-    parser.add_argument("--sweep", type=levels, help="HTTP concurrency levels for the plot")
+    parser.add_argument("--sweep", type=counts, help="HTTP concurrency levels for the plot")
     parser.add_argument("--http-seconds", type=float, help="seconds of each HTTP run")
     parser.add_argument("--http-rounds", type=int, help="HTTP runs per stack at --concurrency")
-    parser.add_argument("--schemas", type=levels, help="tenant schema counts")
+    parser.add_argument("--schemas", type=counts, help="tenant schema counts")
     parser.add_argument("--databases", type=int, help="tenant databases")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="no CPU pinning")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where results go")
@@ -213,6 +204,29 @@ def order(args: argparse.Namespace) -> list[str]:
     for stacks in groups(args).values():
         seen += [stack for stack in stacks if stack not in seen]
     return seen
+
+
+def connections_needed(args: argparse.Namespace) -> int:
+    """Server connections the run may hold at once: every pool of the stacks that are open
+    together (all of them over HTTP, one environment's in-process), and the tenant runs."""
+    together = [len(stacks) for stacks in groups(args).values()]
+    if "http" not in args.skip:
+        together.append(len(order(args)))
+    needed = POOL_CONNECTIONS * max(together) + 10
+    if "tenants" not in args.skip:
+        needed = max(needed, 80 + 10)
+    return needed
+
+
+def check_connections(free: int, server: Server, args: argparse.Namespace) -> None:
+    needed = connections_needed(args)
+    if free < needed:
+        raise SystemExit(
+            f"PostgreSQL at {server.shown} has {free} connections left of its max_connections;"
+            f" this run needs about {needed} at once ({POOL_CONNECTIONS} for each stack's"
+            " pool, every stack served at once over HTTP). Raise max_connections, or need"
+            " fewer with --skip http or --peers; the throwaway server (no --url) allows 500."
+        )
 
 
 def in_process(pythons: dict[str, Path], url: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -351,11 +365,7 @@ def http(
             before = cpu_seconds(server.process.pid)
             client, measured = load(
                 server.base_url,
-                method=method,
-                route=route,
-                concurrency=level,
-                seconds=seconds,
-                headers=server.headers,
+                Load(method, route, level, seconds, server.headers),
                 python=pythons["dbrouter"],
                 cpus=load_cpus,
             )
@@ -438,6 +448,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             [pythons["dbrouter"], WORKER, "prepare", f"--database={name}"], server.url
         )
         try:
+            check_connections(prepared["connections_free"], server, args)
             results["machine"]["postgresql"] = prepared["postgresql"]
             results["labels"] = {
                 stack: about["label"] for stack, about in prepared["stacks"].items()

@@ -14,38 +14,32 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 import httpx
-from load import ROWS, LoadResult
+from load import Load, LoadResult
 from stats import percentile
 
 __all__ = ["load_client", "main"]
 
 
-async def load_client(
-    base_url: str,
-    *,
-    method: str,
-    route: str,
-    concurrency: int,
-    seconds: float,
-    headers: Sequence[tuple[str, str]] = (),
-) -> LoadResult:
-    """The fallback load: *concurrency* httpx requests in flight for *seconds*."""
+async def load_client(base_url: str, what: Load) -> LoadResult:
+    """The fallback load: *what*, sent with httpx."""
     latencies: list[float] = []
     errors = 0
     counter = iter(range(sys.maxsize))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    limits = httpx.Limits(
+        max_connections=what.concurrency, max_keepalive_connections=what.concurrency
+    )
     async with httpx.AsyncClient(
-        base_url=base_url, headers=list(headers), limits=limits
+        base_url=base_url, headers=list(what.headers), limits=limits
     ) as client:
-        deadline = time.perf_counter() + seconds
+        deadline = time.perf_counter() + what.seconds
 
         async def worker() -> None:
             nonlocal errors
             while time.perf_counter() < deadline:
-                path = route.replace("{id}", str(next(counter) % ROWS + 1))
+                path = what.path(next(counter))
                 sent = time.perf_counter()
                 try:
-                    response = await client.request(method, path)
+                    response = await client.request(what.method, path)
                     failed = response.status_code >= 400
                 except httpx.HTTPError:
                     failed = True
@@ -53,7 +47,7 @@ async def load_client(
                 errors += failed
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker() for _ in range(what.concurrency)))
         elapsed = time.perf_counter() - start
     return LoadResult(
         requests=len(latencies),
@@ -74,16 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--header", action="append", default=[], help="'Name: value'")
     args = parser.parse_args(argv)
     headers = [tuple(part.strip() for part in header.split(":", 1)) for header in args.header]
-    result = asyncio.run(
-        load_client(
-            args.url,
-            method=args.method,
-            route=args.route,
-            concurrency=args.concurrency,
-            seconds=args.seconds,
-            headers=[(name, value) for name, value in headers],
-        )
+    what = Load(
+        args.method,
+        args.route,
+        args.concurrency,
+        args.seconds,
+        [(name, value) for name, value in headers],
     )
+    result = asyncio.run(load_client(args.url, what))
     print(json.dumps(asdict(result)))
     return 0
 

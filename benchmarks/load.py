@@ -17,12 +17,38 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ROWS", "LoadResult", "load", "parse_wrk", "wrk_script"]
+__all__ = ["ROWS", "Load", "LoadResult", "load", "parse_wrk", "wrk_script"]
 
 ROWS = 1000
 """Rows of the items table: requests go through ids 1..ROWS."""
 CLIENT = Path(__file__).with_name("http_client.py")
 TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+@dataclass(frozen=True)
+class Load:
+    """What to send: *method* to *route* (``{id}`` going through rows 1..ROWS), with
+    *concurrency* requests in flight for *seconds*."""
+
+    method: str
+    route: str
+    concurrency: int
+    seconds: float
+    headers: Sequence[tuple[str, str]] = ()
+
+    def path(self, index: int) -> str:
+        return self.route.replace("{id}", str(index % ROWS + 1))
+
+    @property
+    def options(self) -> list[str]:
+        """The load as options of ``http_client.py``."""
+        return [
+            f"--method={self.method}",
+            f"--route={self.route}",
+            f"--concurrency={self.concurrency}",
+            f"--seconds={self.seconds}",
+            *(f"--header={name}: {value}" for name, value in self.headers),
+        ]
 
 
 @dataclass(frozen=True)
@@ -42,7 +68,7 @@ class LoadResult:
 
 
 def wrk_script(method: str, route: str) -> str:
-    """A wrk Lua script sending *method* to *route*, ``{id}`` going through rows 1..1000."""
+    """A wrk Lua script sending *method* to *route*, ``{id}`` going through rows 1..ROWS."""
     head, _, tail = route.partition("{id}")
     return (
         "local counter = 0\n"
@@ -82,44 +108,27 @@ def parse_wrk(output: str) -> LoadResult:
 
 
 def load(
-    base_url: str,
-    *,
-    method: str,
-    route: str,
-    concurrency: int,
-    seconds: float,
-    headers: Sequence[tuple[str, str]] = (),
-    python: Path,
-    cpus: set[int] | None = None,
+    base_url: str, what: Load, *, python: Path, cpus: set[int] | None = None
 ) -> tuple[str, LoadResult]:
-    """Load *base_url* for *seconds* from another process (on *cpus*, if given): the
-    client's name and what it measured. Without wrk, the httpx client runs in *python*."""
+    """Sends *what* to *base_url* from another process (on *cpus*, if given): the client's
+    name and what it measured. Without wrk, the httpx client runs in *python*."""
     wrk = shutil.which("wrk")
     with tempfile.TemporaryDirectory() as scratch:
         if wrk:
             script = Path(scratch) / "requests.lua"
-            script.write_text(wrk_script(method, route))
+            script.write_text(wrk_script(what.method, what.route))
             command = [
                 wrk,
                 "--latency",
-                f"--threads={min(2, concurrency)}",
-                f"--connections={concurrency}",
-                f"--duration={max(1, round(seconds))}s",
+                f"--threads={min(2, what.concurrency)}",
+                f"--connections={what.concurrency}",
+                f"--duration={max(1, round(what.seconds))}s",
                 f"--script={script}",
-                *(f"--header={name}: {value}" for name, value in headers),
+                *(f"--header={name}: {value}" for name, value in what.headers),
                 base_url,
             ]
         else:
-            command = [
-                str(python),
-                str(CLIENT),
-                base_url,
-                f"--method={method}",
-                f"--route={route}",
-                f"--concurrency={concurrency}",
-                f"--seconds={seconds}",
-                *(f"--header={name}: {value}" for name, value in headers),
-            ]
+            command = [str(python), str(CLIENT), base_url, *what.options]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         if cpus:
             os.sched_setaffinity(process.pid, cpus)

@@ -5,12 +5,13 @@ by round: ``ratio`` is the quotient of the medians, the spread is the lowest and
 quotient of paired rounds.
 """
 
+import argparse
 import math
 import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Ratio", "percentile", "ratio", "rotation"]
+__all__ = ["Ratio", "counts", "percentile", "ratio", "rotation"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,14 @@ def rotation(count: int, rounds: int) -> Iterator[int]:
     for index in range(rounds):
         order = range(count) if index % 2 == 0 else reversed(range(count))
         yield from order
+
+
+def counts(text: str) -> list[int]:
+    """``10,100,1000`` on a command line: increasing whole numbers of at least 1."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not values or values != sorted(set(values)) or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"need increasing numbers of at least 1, not {text!r}")
+    return values

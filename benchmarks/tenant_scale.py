@@ -37,7 +37,7 @@ from bench_get_db import add_item_routes, asyncpg_url, call_asgi, execute_autoco
 from fastapi import Depends, FastAPI
 from sqlalchemy.engine import URL
 from starlette.types import ASGIApp
-from stats import percentile
+from stats import counts, percentile
 
 from dbrouter import DatabaseRouter, RouterSettings, get_tenant_db
 from dbrouter.events import EngineBuilt, TenantEngineEvicted
@@ -260,17 +260,6 @@ async def database_scale(server: URL, args: argparse.Namespace) -> dict[str, Any
     }
 
 
-def sizes(text: str) -> list[int]:
-    """``10,100,1000``: increasing counts of at least 1."""
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
-    if not values or values != sorted(set(values)) or values[0] < 1:
-        raise argparse.ArgumentTypeError(f"need increasing counts of at least 1, not {text!r}")
-    return values
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
@@ -278,7 +267,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=os.environ.get(URL_ENV),
         help=f"a PostgreSQL server, postgresql:// (default: ${URL_ENV})",
     )
-    parser.add_argument("--schemas", type=sizes, default=[10, 100, 1000, 10000])
+    parser.add_argument("--schemas", type=counts, default=[10, 100, 1000, 10000])
     parser.add_argument("--databases", type=int, default=200)
     parser.add_argument("--max-engines", type=int, default=50)
     parser.add_argument("--max-connections", type=int, default=80)

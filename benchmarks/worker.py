@@ -231,6 +231,10 @@ async def prepare(args: argparse.Namespace) -> dict[str, Any]:
     try:
         async with admin.connect() as connection:
             version = (await connection.execute(text("SHOW server_version"))).scalar_one()
+            allowed = int((await connection.execute(text("SHOW max_connections"))).scalar_one())
+            in_use = (
+                await connection.execute(text("SELECT count(*) FROM pg_stat_activity"))
+            ).scalar_one()
             # Only a server that loads the library at start can have the extension.
             with contextlib.suppress(Exception):
                 await connection.execute(text("CREATE EXTENSION pg_stat_statements"))
@@ -240,6 +244,7 @@ async def prepare(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "postgresql": version,
         "pg_stat_statements": statements,
+        "connections_free": allowed - int(in_use),
         "stacks": {
             name: {"label": stack.label, "tenant": stack.tenant} for name, stack in STACKS.items()
         },

@@ -5,6 +5,7 @@ meaningful on a quiet machine."""
 
 from __future__ import annotations
 
+import argparse
 import struct
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ import report  # noqa: E402
 import stacks  # noqa: E402
 import tenant_scale  # noqa: E402
 import worker  # noqa: E402
-from stats import Ratio, percentile, ratio, rotation  # noqa: E402
+from stats import Ratio, counts, percentile, ratio, rotation  # noqa: E402
 from wire import FrontendCounter  # noqa: E402
 
 # -- arithmetic ----------------------------------------------------------------------------
@@ -95,6 +96,20 @@ def test_the_concurrency_of_the_tables_joins_the_sweep() -> None:
     assert compare.order(args)[-1] == "fastapi-sqla"
 
 
+def test_the_connections_a_run_needs() -> None:
+    full = compare.parse_args([])
+    assert compare.connections_needed(full) == 30 * 10 + 10
+    fewer = compare.parse_args(["--skip", "http", "--skip", "tenants", "--peers", "fastapi-sqla"])
+    assert compare.connections_needed(fewer) == 30 * 6 + 10
+    server = compare.Server("postgresql://bench:secret@db.internal:6432/postgres", None)
+    with pytest.raises(SystemExit, match="has 90 connections left") as refused:
+        compare.check_connections(90, server, full)
+    assert "about 310 at once" in str(refused.value)
+    assert "postgresql://bench@db.internal:6432" in str(refused.value)
+    assert "secret" not in str(refused.value)
+    compare.check_connections(310, server, full)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -135,10 +150,15 @@ def test_an_unknown_stack_lists_the_others() -> None:
         stacks.find("nope")
 
 
-def test_tenant_scale_sizes() -> None:
-    assert tenant_scale.sizes("10,100") == [10, 100]
-    with pytest.raises(Exception, match="increasing counts"):
-        tenant_scale.sizes("100,10")
+def test_counts_on_the_command_line() -> None:
+    assert counts("10,100") == [10, 100]
+    for bad in ("100,10", "0,1", "1,1", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            counts(bad)
+    assert tenant_scale.parse_args(["--url", "postgresql://db", "--schemas", "5,50"]).schemas == [
+        5,
+        50,
+    ]
     assert tenant_scale.tenant_id(7) == "t00007"
 
 
@@ -181,6 +201,20 @@ def test_something_else_is_not_a_wrk_report() -> None:
 def test_the_wrk_script_goes_through_the_rows() -> None:
     script = load.wrk_script("POST", "/items/{id}/hits")
     assert 'wrk.format("POST", "/items/" .. (counter % 1000 + 1) .. "/hits")' in script
+
+
+def test_a_load_as_the_fallback_client_takes_it() -> None:
+    what = load.Load("GET", "/items/{id}", 8, 2.5, [("X-Tenant-ID", "acme")])
+    assert what.path(0) == "/items/1"
+    assert what.path(1000) == "/items/1"
+    assert what.path(999) == "/items/1000"
+    assert what.options == [
+        "--method=GET",
+        "--route=/items/{id}",
+        "--concurrency=8",
+        "--seconds=2.5",
+        "--header=X-Tenant-ID: acme",
+    ]
 
 
 # -- round trips on the wire ---------------------------------------------------------------
