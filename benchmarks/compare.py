@@ -431,8 +431,6 @@ def plot(results_path: Path, png: Path) -> str | None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     pythons = {"dbrouter": envs.ready(envs.DBROUTER)}
-    for peer in args.peers:
-        pythons[peer] = envs.ready(envs.PEERS[peer])
     results: dict[str, Any] = {
         "machine": describe(),
         "settings": {
@@ -449,6 +447,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         try:
             check_connections(prepared["connections_free"], server, args)
+            for peer in args.peers:
+                pythons[peer] = envs.ready(envs.PEERS[peer])
             results["machine"]["postgresql"] = prepared["postgresql"]
             results["labels"] = {
                 stack: about["label"] for stack, about in prepared["stacks"].items()
