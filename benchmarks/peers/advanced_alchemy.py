@@ -1,6 +1,7 @@
 """advanced-alchemy's FastAPI extension: ``AdvancedAlchemy(config=..., app=app)`` and
 ``Depends(alchemy.provide_session())``, with ``commit_mode="autocommit"`` so that its
-middleware commits every 2xx answer, as its FastAPI example does."""
+middleware commits every 2xx answer, as its FastAPI example does. It commits once the
+response has been sent."""
 
 import importlib
 from typing import Any
