@@ -26,6 +26,9 @@ from tests.support.postgres import PostgresServer, find_install, running_server
 
 POSTGRES_URL_ENV = "DBROUTER_TEST_POSTGRES_URL"
 
+# pytest's own fixture for running pytest sessions in-process (tests/testing/).
+pytest_plugins = ["pytester"]
+
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """Which PostgreSQL and which PgBouncer the run uses, at the top of its output."""

@@ -27,16 +27,13 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from .postgres import (
-    HOST,
-    _Account,
-    _chown_tree,
-    _reachable_by,
-    _registry,
-    _server_account,
-    _tmp_base,
-    free_port,
-)
+from dbrouter.testing.cleanup import HOST, free_port
+from dbrouter.testing.cleanup import registry as _registry
+from dbrouter.testing.programs import Account as _Account
+from dbrouter.testing.programs import chown_tree as _chown_tree
+from dbrouter.testing.programs import reachable_by as _reachable_by
+from dbrouter.testing.programs import server_account as _server_account
+from dbrouter.testing.programs import tmp_base as _tmp_base
 
 __all__ = [
     "PGBOUNCER_ENV",
