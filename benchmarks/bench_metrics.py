@@ -44,13 +44,13 @@ from bench_get_db import (
     Round,
     Target,
     create_items,
-    pin_cpus,
     raw_caller,
     run_round,
     scratch_database,
     target,
 )
 from fastapi import Depends, FastAPI
+from machine import pin_cpus
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from sqlalchemy.engine import URL
