@@ -40,6 +40,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import Depends, FastAPI
 from fastapi.params import Depends as DependsParam
+from machine import pin_cpus
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
@@ -87,14 +88,14 @@ def add_item_routes(app: FastAPI, *, reader: DependsParam, writer: DependsParam)
         return {"id": item_id}
 
 
-def hand_written_app(url: URL) -> FastAPI:
+def hand_written_app(url: URL, *, pool_pre_ping: bool = True) -> FastAPI:
     """The pattern dbrouter replaces, as services write it by hand."""
     engine = create_async_engine(
         url,
         pool_size=20,
         max_overflow=10,
         pool_recycle=3600,
-        pool_pre_ping=True,
+        pool_pre_ping=pool_pre_ping,
         pool_use_lifo=True,
         pool_timeout=30,
         connect_args={"timeout": 10},
@@ -152,45 +153,54 @@ def http_caller(client: httpx.AsyncClient) -> Call:
     return call
 
 
+async def call_asgi(
+    app: ASGIApp, method: str, path: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> tuple[int, bytes]:
+    """Calls *app* the way an ASGI server would, minus sockets and HTTP parsing: the
+    status and body of its answer."""
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"bench"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("bench", 80),
+    }
+    request_sent = False
+    status = 0
+    body: list[bytes] = []
+
+    async def receive() -> Message:
+        nonlocal request_sent
+        if request_sent:
+            return {"type": "http.disconnect"}
+        request_sent = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            body.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, b"".join(body)
+
+
 def raw_caller(app: ASGIApp, headers: Sequence[tuple[bytes, bytes]] = ()) -> Call:
-    """Calls *app* the way an ASGI server would, minus sockets and HTTP parsing."""
+    """Calls *app* through `call_asgi`; raises unless the answer is a 200."""
 
     async def call(method: str, path: str) -> None:
-        scope: Scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"host", b"bench"), *headers],
-            "client": ("127.0.0.1", 50000),
-            "server": ("bench", 80),
-        }
-        request_sent = False
-        status = 0
-        body: list[bytes] = []
-
-        async def receive() -> Message:
-            nonlocal request_sent
-            if request_sent:
-                return {"type": "http.disconnect"}
-            request_sent = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                body.append(message.get("body", b""))
-
-        await app(scope, receive, send)
+        status, body = await call_asgi(app, method, path, headers)
         if status != 200:
-            raise RuntimeError(f"{method} {path}: {status} {b''.join(body).decode()}")
+            raise RuntimeError(f"{method} {path}: {status} {body.decode()}")
 
     return call
 
@@ -349,13 +359,16 @@ async def fetch_value(url: URL, statement: str) -> Any:
         await engine.dispose()
 
 
-async def create_items(url: URL) -> None:
+async def create_items(url: URL, *, schema: str | None = None) -> None:
+    """The items table, in *schema* (created) or the default one."""
+    table = "items" if schema is None else f'"{schema}".items'
     await execute_autocommit(
         url,
-        "CREATE TABLE items (id integer PRIMARY KEY, name text NOT NULL, "
+        *([] if schema is None else [f'CREATE SCHEMA "{schema}"']),
+        f"CREATE TABLE {table} (id integer PRIMARY KEY, name text NOT NULL, "
         "hits integer NOT NULL DEFAULT 0)",
-        f"INSERT INTO items (id, name) SELECT g, 'item ' || g FROM generate_series(1, {ROWS}) g",
-        "VACUUM ANALYZE items",
+        f"INSERT INTO {table} (id, name) SELECT g, 'item ' || g FROM generate_series(1, {ROWS}) g",
+        f"VACUUM ANALYZE {table}",
     )
 
 
@@ -391,43 +404,6 @@ def target(raw: str | None) -> Iterator[Target]:
         url = asyncpg_url(server.create_database("dbrouter_bench"))
         pid = int((server.data_dir / "postmaster.pid").read_text().split()[0])
         yield Target(url, scratch=False, postmaster_pid=pid)
-
-
-def pin_cpus(*postmaster_pids: int) -> str | None:
-    """Give this process a CPU of its own and the servers every other one.
-
-    On a small machine the scheduler otherwise keeps putting server backends on the
-    benchmark's CPU, and which pool's backends land there decides which side "wins": an
-    A/A comparison of two identical apps was seen to differ by 13%. Backends started later
-    inherit the postmaster's affinity.
-    """
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None
-    ours, theirs = cpus[-1], set(cpus[:-1])
-    for pid in [pid for main in postmaster_pids for pid in (main, *children(main))]:
-        # A process may end between listing and pinning.
-        with contextlib.suppress(ProcessLookupError):
-            os.sched_setaffinity(pid, theirs)
-    os.sched_setaffinity(0, {ours})
-    return f"benchmark on CPU {ours}, PostgreSQL on CPU {','.join(map(str, sorted(theirs)))}"
-
-
-def children(parent: int) -> list[int]:
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may contain spaces and parentheses; the fields after it do not.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-            found.append(int(entry.name))
-    return found
 
 
 # --------------------------------------------------------------------------------------

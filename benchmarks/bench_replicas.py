@@ -29,11 +29,11 @@ from bench_get_db import (
     Round,
     asyncpg_url,
     create_items,
-    pin_cpus,
     raw_caller,
     run_round,
 )
 from fastapi import Depends, FastAPI
+from machine import pin_cpus
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 

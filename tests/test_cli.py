@@ -56,7 +56,7 @@ def test_the_console_script_is_installed_and_its_help_is_plain_text() -> None:
     assert "\ncommands:\n" in help_text, help_text
     commands = help_text.split("\ncommands:\n", 1)[1].split("\n\n", 1)[0]
     listed = [line.split()[0] for line in commands.splitlines()[1:]]
-    assert listed == ["check", "tenants"], help_text
+    assert listed == ["check", "tenants", "migrate"], help_text
     assert "dbrouter tenants list" in help_text
     # Text for a terminal: no reStructuredText or Markdown markup.
     assert "`" not in help_text

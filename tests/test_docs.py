@@ -323,6 +323,12 @@ async def health(client: httpx.AsyncClient) -> None:
     assert report["databases"]["primary"]["status"] == "up"
 
 
+async def metrics(client: httpx.AsyncClient) -> None:
+    response = await client.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert 'db_client_connection_max{pool_name="primary"} 30.0' in response.text
+
+
 # Each driver calls the endpoints of the one block of its document that holds its marker.
 DRIVERS: dict[tuple[str, str], Driver] = {
     ("README.md", '@app.get("/orders/count")'): orders,
@@ -332,6 +338,7 @@ DRIVERS: dict[tuple[str, str], Driver] = {
     ("tenancy.md", '@app.get("/projects")'): projects,
     ("tenancy.md", '@app.get("/t/{tenant}/whoami")'): whoami,
     ("health.md", "# GET /health/databases"): health,
+    ("observability.md", "# GET /metrics"): metrics,
 }
 
 

@@ -54,6 +54,7 @@ async def test_engine_carries_the_pool_settings(pg_url: str) -> None:
                     "max_overflow": 3,
                     "pool_timeout": 4.5,
                     "pool_recycle": 120,
+                    "pool_pre_ping": True,
                     "connect_timeout": 2,
                 }
             }
@@ -82,7 +83,9 @@ async def test_default_pool_settings_reach_the_engine(pg_url: str) -> None:
     pool = router.engine().pool
     assert isinstance(pool, AsyncAdaptedQueuePool)
     assert (pool.size(), pool._max_overflow, pool._timeout, pool._recycle) == (20, 10, 30, 3600)
-    assert (pool._pre_ping, pool._pool.use_lifo) == (True, True)
+    # pool_pre_ping is "idle": SQLAlchemy's ping on every checkout is off, dbrouter's own on.
+    assert (pool._pre_ping, pool._pool.use_lifo) == (False, True)
+    assert pool.dispatch.checkout
     await router.dispose()
 
 

@@ -18,7 +18,8 @@ def test_defaults_are_the_production_pool_settings() -> None:
     database = DatabaseSettings(url="postgresql://app:secret@db:5432/app")
     assert (database.pool_size, database.max_overflow) == (20, 10)
     assert database.pool_recycle == 3600
-    assert database.pool_pre_ping is True
+    assert database.pool_pre_ping == "idle"
+    assert database.pre_ping_idle_after == 5
     assert database.pool_use_lifo is True
     assert database.pool_timeout == 30
     assert database.connect_timeout == 10

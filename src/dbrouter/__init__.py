@@ -26,6 +26,15 @@ from .events import EventBus
 from .health import DatabaseHealth, HealthReport, PoolStats
 from .lending import LentSession, TenantLentSession
 from .lifecycle import State
+from .metrics import (
+    BudgetMetrics,
+    HistogramSnapshot,
+    MetricsSnapshot,
+    PoolMetrics,
+    ReplicaServerMetrics,
+    RouterMetrics,
+    TenantMetrics,
+)
 from .replicas import ReplicaSet
 from .router import DatabaseRouter
 from .settings import (
@@ -50,6 +59,7 @@ from .tenancy.strategy import TenancyStrategy
 
 __all__ = [
     "BudgetExhaustedError",
+    "BudgetMetrics",
     "CallableTenantResolver",
     "ChainTenantResolver",
     "ConfigurationError",
@@ -63,14 +73,19 @@ __all__ = [
     "EventBus",
     "HeaderTenantResolver",
     "HealthReport",
+    "HistogramSnapshot",
     "LentSession",
     "ListingTenantCatalog",
+    "MetricsSnapshot",
     "PathTenantResolver",
+    "PoolMetrics",
     "PoolStats",
     "ReadOnlySessionError",
     "ReplicaHostSettings",
+    "ReplicaServerMetrics",
     "ReplicaSet",
     "RouterClosedError",
+    "RouterMetrics",
     "RouterSettings",
     "SessionClosedError",
     "State",
@@ -82,6 +97,7 @@ __all__ = [
     "TenantError",
     "TenantExistsError",
     "TenantLentSession",
+    "TenantMetrics",
     "TenantRequest",
     "TenantResolutionError",
     "TenantResolver",

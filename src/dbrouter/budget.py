@@ -63,6 +63,11 @@ class ConnectionBudget:
         """Server connections open now, or being opened."""
         return self._open
 
+    @property
+    def waiting(self) -> int:
+        """New connections waiting for a slot now."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
     def held(self, engine: AsyncEngine) -> int:
         """Server connections that *engine* has open now."""
         key = self._keys.get(engine.sync_engine)

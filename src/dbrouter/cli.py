@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -15,6 +16,7 @@ from .errors import (
     UnmanagedTenantError,
 )
 from .loading import load_router
+from .migrations import command as migrate
 from .router import DatabaseRouter
 
 __all__ = ["main"]
@@ -31,6 +33,7 @@ examples:
   dbrouter tenants list                every tenant that can be enumerated
   dbrouter tenants create acme         create a tenant's database or schema
   dbrouter tenants drop acme --yes     drop it, and everything in it
+  dbrouter migrate upgrade             every database and tenant to head
 
 exit status: 0 when all is well, 1 when a database does not answer or an
 operation failed, 2 for a usage or configuration error."""
@@ -45,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line *argv*; returns the exit status."""
     parser = _parser()
     arguments = parser.parse_args(argv)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the app, and its migrations' env.py, import from here
+    if hasattr(arguments, "standalone"):
+        return int(arguments.standalone(arguments))  # needs no configuration
     command: Command = arguments.run
     try:
         router = DatabaseRouter.from_env() if arguments.app is None else load_router(arguments.app)
@@ -123,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         help="how long open sessions may take to finish first (default 10)",
     )
     drop.set_defaults(run=_drop_tenant)
+    migrate.add_parser(commands)
     return parser
 
 

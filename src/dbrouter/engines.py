@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from .budget import ConnectionBudget
 from .databases import Availability, Database, GuardedSession, SessionFactory
 from .events import EngineBuilt, EngineDisposed, EngineKind, EventBus
 from .lifecycle import Lifecycle
+from .liveness import ping_when_idle
+from .metrics.pools import MeteredPool
 from .parameters import (
     PER_TRANSACTION_PLUGIN,
     libpq_options,
@@ -60,13 +63,18 @@ logger = logging.getLogger("dbrouter")
 def engine_options(settings: DatabaseSettings, *, name: str) -> dict[str, Any]:
     """Keyword arguments of `create_async_engine` for *settings*."""
     url = settings.url
-    options: dict[str, Any] = {"echo": settings.echo, "pool_pre_ping": settings.pool_pre_ping}
+    # pool_pre_ping "idle" is not SQLAlchemy's: the factory installs it (liveness.py).
+    options: dict[str, Any] = {
+        "echo": settings.echo,
+        "pool_pre_ping": settings.pool_pre_ping is True,
+    }
     connect_args: dict[str, Any] = {}
     if is_sqlite(url) and url.database in (None, "", ":memory:"):
         # One in-memory database lives and dies with its only connection.
         options["poolclass"] = StaticPool
     else:
         options.update(
+            poolclass=MeteredPool,
             pool_size=settings.pool_size,
             max_overflow=settings.max_overflow,
             pool_recycle=settings.pool_recycle,
@@ -133,9 +141,12 @@ class EngineFactory:
     called.
 
     Each engine gets the pool settings, the production options, PgBouncer mode, read-only
-    connections on a replica, a slot of ``max_connections`` per server connection, and a
-    hook that reports a server coming back. Subclass and override `create_engine` to bind
-    engines elsewhere (a test harness, an instrumented driver).
+    connections on a replica, a slot of ``max_connections`` per server connection, the
+    idle pre-ping, and a hook that reports a server coming back. Subclass and override
+    `create_engine` to bind engines elsewhere (a test harness, an instrumented driver).
+
+    The factory knows every database it built and has not disposed (`live`), and tells
+    the functions given to `watch` about each new one (metrics attach to them so).
     """
 
     def __init__(
@@ -148,6 +159,16 @@ class EngineFactory:
         self.events = events
         self.budget = budget
         self.lifecycle = lifecycle
+        self._live: dict[int, Database] = {}
+        self._watchers: list[Callable[[Database], None]] = []
+
+    def live(self) -> list[Database]:
+        """Every database built and not disposed yet, in the order they were built."""
+        return list(self._live.values())
+
+    def watch(self, watcher: Callable[[Database], None]) -> None:
+        """Call *watcher* with every database built from now on, once it is ready."""
+        self._watchers.append(watcher)
 
     def create_engine(self, url: URL, **options: Any) -> AsyncEngine:
         """The engine for *url* with *options* (`create_async_engine`'s keywords)."""
@@ -175,6 +196,8 @@ class EngineFactory:
             make_connections_read_only(engine, settings)
         if self.budget is not None:
             self.budget.instrument(engine, name=name, timeout=settings.pool_timeout)
+        if settings.pool_pre_ping == "idle":
+            ping_when_idle(engine.sync_engine, settings.pre_ping_idle_after)
         if kind == "replica":
             sessions = read_only_sessionmaker(engine)
         else:
@@ -185,10 +208,14 @@ class EngineFactory:
             availability.regained()
 
         event.listen(engine.sync_engine, "connect", connected)
-        self.events.emit(EngineBuilt(name, kind))
-        return Database(
+        database = Database(
             name, settings, engine, sessions, kind, availability=availability, events=self.events
         )
+        self._live[id(database)] = database
+        for watcher in self._watchers:
+            watcher(database)
+        self.events.emit(EngineBuilt(name, kind))
+        return database
 
     async def dispose(self, database: Database, timeout: float | None = None) -> None:
         """Stop *database* taking sessions, wait for the open ones (at most *timeout*
@@ -207,6 +234,7 @@ class EngineFactory:
                 database.leases.count,
             )
         await database.engine.dispose()
+        self._live.pop(id(database), None)
         self.events.emit(EngineDisposed(database.name, database.kind))
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "ReplicaLeftRotation",
     "TenantEngineEvicted",
     "TenantLookedUp",
+    "UnavailableAnswered",
 ]
 
 logger = logging.getLogger("dbrouter")
@@ -140,6 +141,17 @@ class ConsistencyRead(Event):
     database: str
     """The replica's name."""
     served_by: Literal["replica", "primary"]
+
+
+@dataclass(frozen=True, slots=True)
+class UnavailableAnswered(Event):
+    """A request was answered 503 because a database could not serve it."""
+
+    database: str
+    """The pool name of the database (``primary``, ``replica``, ``tenant:acme``)."""
+    reason: str
+    """Why, as one word of a fixed set: a `FailureReason` kind (``pool exhausted``,
+    ``unreachable``...) or ``router closed``."""
 
 
 E = TypeVar("E", bound=Event)

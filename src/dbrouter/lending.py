@@ -124,7 +124,8 @@ class LentSession:
         assert session is not None
         session.bind = other.engine
         session.sync_session.bind = other.engine.sync_engine
-        logger.info("dbrouter: %r unreachable, session moved to %r", database.name, other.name)
+        # Per request: DEBUG. The server leaving rotation is the one WARNING.
+        logger.debug("dbrouter: %r unreachable, session moved to %r", database.name, other.name)
         return other.engine.sync_engine
 
     async def __aexit__(

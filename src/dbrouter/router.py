@@ -11,12 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .budget import ConnectionBudget
 from .databases import Database, SessionFactory
 from .engines import EngineFactory
-from .errors import ConfigurationError, UnknownDatabaseError
+from .errors import ConfigurationError, TenantError, UnknownDatabaseError
 from .events import EventBus
 from .health import HealthReport, check_databases
 from .lending import LentSession, TenantLentSession
 from .lifecycle import Lifecycle, State
 from .logs import log_events
+from .metrics import MetricsSnapshot, RouterMetrics
+from .migrations import MISSING_EXTRA
 from .registry import DatabaseRegistry
 from .replicas.rotation import ReplicaSet
 from .replicas.routing import Replication
@@ -30,6 +32,10 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
 
 __all__ = ["DatabaseRouter"]
+
+
+# Seconds a tenant whose first migration failed may take to be dropped again.
+_UNDO_TIMEOUT = 10.0
 
 
 class DatabaseRouter:
@@ -88,6 +94,7 @@ class DatabaseRouter:
         )
         if self._budget is not None and self._tenancy is not None:
             self._budget.reclaim = self._tenancy.reclaim_idle
+        self._metrics: RouterMetrics | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> DatabaseRouter:
@@ -209,8 +216,28 @@ class DatabaseRouter:
         own or from a catalog is refused (`UnmanagedTenantError`), as is one whose storage
         exists already (`TenantExistsError`). The template's role needs the right to
         create databases (``CREATEDB``) or schemas.
+
+        With ``tenancy.migrations`` set, the new tenant is migrated to head before this
+        returns; when that fails, its database or schema is dropped again and
+        `TenantError` says why.
         """
-        await self.tenancy.create(tenant)
+        tenancy = self.tenancy
+        if tenancy.settings.migrations is None:
+            await tenancy.create(tenant)
+            return
+        # Alembic is imported only by applications whose tenants have migrations.
+        try:
+            from .migrations.fleet import upgrade
+        except ImportError:
+            raise ConfigurationError(f"tenancy.migrations is set: {MISSING_EXTRA}") from None
+        await tenancy.create(tenant)
+        (result,) = (await upgrade(self, tenants=[tenant])).targets
+        if result.status == "failed":
+            await tenancy.drop(tenant, _UNDO_TIMEOUT)
+            raise TenantError(
+                f"tenant {tenant!r} was not created: migrating it to head failed "
+                f"({result.error}); its database or schema was dropped again"
+            )
 
     async def drop_tenant(self, tenant: str, *, timeout: float = 10.0) -> None:
         """Drop *tenant*'s database or schema, and everything in it.
@@ -266,6 +293,35 @@ class DatabaseRouter:
         """Evicted tenant engines still waiting for their sessions to finish."""
         return 0 if self._tenancy is None else self._tenancy.strategy.draining
 
+    def metrics(self) -> MetricsSnapshot:
+        """Every pool, replica, tenant and budget figure now, as plain data (see
+        ``docs/observability.md``). The first call starts collecting them."""
+        return self.metrics_collector().snapshot()
+
+    def metrics_collector(self) -> RouterMetrics:
+        """The collector of this router's figures, for exporters; the first call attaches
+        meters to every pool and subscribes to the events (nothing is measured before)."""
+        if self._metrics is None:
+            replication, tenancy = self._replication, self._tenancy
+            self._metrics = RouterMetrics(
+                self._events,
+                self._factory,
+                replica_sets=lambda: (
+                    []
+                    if replication is None or self.closed
+                    else [
+                        group.replica_set
+                        for group in replication.groups.values()
+                        if group.replica_set is not None
+                    ]
+                ),
+                tenant_engines=(
+                    None if tenancy is None else lambda: len(tenancy.strategy.cached())
+                ),
+                budget=self._budget,
+            )
+        return self._metrics
+
     async def dispose(self, *, timeout: float = 10.0) -> None:
         """Close every connection of every engine; the router cannot be used afterwards.
 
@@ -299,3 +355,10 @@ class DatabaseRouter:
         from .fastapi.health import build_health_router
 
         return build_health_router(self, path=path)
+
+    def metrics_router(self, *, path: str = "/metrics") -> APIRouter:
+        """An `APIRouter` serving every figure at *path* in the Prometheus text format
+        (extra ``prometheus``); collecting starts now."""
+        from .fastapi.metrics import build_metrics_router
+
+        return build_metrics_router(self, path=path)

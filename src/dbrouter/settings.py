@@ -87,6 +87,39 @@ ServerSettings = Annotated[dict[str, str], BeforeValidator(check_server_settings
 CertificateFile = Annotated[Path, AfterValidator(readable_file)]
 """A file of the TLS settings: it must exist and be readable when the settings are built."""
 
+
+def _not_a_url(value: object) -> object:
+    if isinstance(value, str) and "://" in value:
+        # Never echoed: a URL put here by mistake would carry its password.
+        raise ConfigurationError("expected the path of an Alembic script directory, not a URL")
+    return value
+
+
+ScriptDirectoryPath = Annotated[Path, BeforeValidator(_not_a_url)]
+"""The path of an Alembic script directory (checked when a migration runs, not before)."""
+
+
+_TRUE_WORDS = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "f", "no", "n", "off"})
+
+
+def _pre_ping_mode(value: object) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word == "idle":
+            return "idle"
+        if word in _TRUE_WORDS or word in _FALSE_WORDS:
+            return word in _TRUE_WORDS
+    raise ConfigurationError('must be true, false or "idle"')
+
+
+PrePing = Annotated[bool | Literal["idle"], BeforeValidator(_pre_ping_mode)]
+"""``pool_pre_ping``: test every checkout (true), none (false), or only idle ones (idle)."""
+
 _CONNECTION_KEYS = (
     "statement_timeout",
     "idle_in_transaction_timeout",
@@ -148,8 +181,14 @@ class DatabaseSettings(_Model):
     """Connections opened beyond ``pool_size`` under load, closed when returned."""
     pool_recycle: int = Field(default=3600, ge=-1)
     """Seconds after which a pooled connection is replaced (-1: never)."""
-    pool_pre_ping: bool = True
-    """Test a pooled connection before handing it out; replaces connections a restart broke."""
+    pool_pre_ping: PrePing = "idle"
+    """Test pooled connections before handing them out, so that a restart costs no request:
+    ``idle`` tests one only when it sat unused for ``pre_ping_idle_after`` or the driver
+    saw it close (no round trip on other checkouts); ``true`` every checkout; ``false``
+    none."""
+    pre_ping_idle_after: float = Field(default=5.0, gt=0)
+    """With ``pool_pre_ping: idle``: seconds a pooled connection may sit unused and still be
+    handed out untested."""
     pool_use_lifo: bool = True
     """Reuse the most recently returned connection first, so idle extras can time out."""
     pool_timeout: float = Field(default=30.0, gt=0)
@@ -199,6 +238,9 @@ class DatabaseSettings(_Model):
     server_settings: ServerSettings = Field(default_factory=dict)
     """Other PostgreSQL run-time parameters set on every connection, such as
     ``{"lock_timeout": "5s", "jit": "off"}``."""
+    migrations: ScriptDirectoryPath | None = None
+    """The Alembic script directory this database is migrated with (``dbrouter migrate
+    init PATH`` makes one); never on a replica, which follows its primary."""
 
     @model_validator(mode="after")
     def _connection_options_apply(self) -> DatabaseSettings:
@@ -233,6 +275,18 @@ class DatabaseSettings(_Model):
                     "to the database it replicates, or remove "
                     f"{'it' if len(misplaced) == 1 else 'them'}",
                 )
+        elif self.migrations is not None:
+            raise _problem(
+                "migrations",
+                f"a replica is never migrated: it follows {self.replica_of!r}; set "
+                f"migrations on {self.replica_of!r} and remove it here",
+            )
+        if "pre_ping_idle_after" in self.model_fields_set and self.pool_pre_ping != "idle":
+            raise _problem(
+                "pre_ping_idle_after",
+                f"only applies with pool_pre_ping: idle (pool_pre_ping is "
+                f"{str(self.pool_pre_ping).lower()}); set pool_pre_ping to idle, or remove it",
+            )
         if self.pgbouncer and is_sqlite(self.url):
             raise _problem(
                 "pgbouncer",
@@ -318,6 +372,9 @@ class TenancySettings(_Model):
     """``database`` strategy: ``ssl_key`` of every tenant's database."""
     server_settings: ServerSettings = Field(default_factory=dict)
     """``database`` strategy: ``server_settings`` of every tenant's database."""
+    migrations: ScriptDirectoryPath | None = None
+    """The Alembic script directory every tenant is migrated with: each tenant's database,
+    or each tenant's schema with an ``alembic_version`` table of its own."""
 
     def tenant_connection(self, tenant: TenantSettings) -> dict[str, Any]:
         """The timeouts, TLS and server settings of *tenant*'s database: each key the
@@ -498,7 +555,9 @@ STRATEGY_KEYS: dict[str, frozenset[str]] = {
 }
 """Keys of `TenancySettings` that belong to one strategy; refused under another."""
 
-_COMMON_TENANCY_KEYS = frozenset({"strategy", "header", "id_pattern", "tenants", "lookup_ttl"})
+_COMMON_TENANCY_KEYS = frozenset(
+    {"strategy", "header", "id_pattern", "tenants", "lookup_ttl", "migrations"}
+)
 
 
 class RouterSettings(BaseSettings):

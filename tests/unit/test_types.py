@@ -166,7 +166,8 @@ def test_the_settings_fields() -> None:
     assert_type(database.pool_size, int)
     assert_type(database.pool_timeout, float)
     assert_type(database.connect_timeout, float)
-    assert_type(database.pool_pre_ping, bool)
+    assert_type(database.pool_pre_ping, bool | Literal["idle"])
+    assert_type(database.pre_ping_idle_after, float)
     assert_type(database.replica_of, str | None)
     replica = settings.databases["y"]
     assert_type(replica.fallback, Literal["primary", "error"])

@@ -11,7 +11,9 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..context import tenant_context
-from ..errors import ConfigurationError, DBRouterError
+from ..errors import ConfigurationError, DatabaseUnavailableError, DBRouterError
+from ..events import UnavailableAnswered
+from ..outages import classify
 from ..router import DatabaseRouter
 from ..tenancy.resolvers import TenantRequest
 from .errors import http_error
@@ -89,7 +91,7 @@ async def provide_tenant(request: Request) -> AsyncIterator[str]:
         )
         tenant, _ = await tenancy.identify(raw)
     except DBRouterError as exc:
-        _answer(exc)
+        _answer(exc, router, router.settings.default_database)
     with tenant_context(tenant):
         yield tenant
 
@@ -108,11 +110,18 @@ def router_of(request: Request) -> DatabaseRouter:
     return router
 
 
-def _answer(error: DBRouterError) -> NoReturn:
-    """Answer the client for *error*: its HTTP mapping, or *error* itself (a 500)."""
+def _answer(error: DBRouterError, router: DatabaseRouter, database: str) -> NoReturn:
+    """Answer the client for *error*: its HTTP mapping, or *error* itself (a 500). A 503
+    is reported to the router's events, for the database it names or else *database*."""
     answer = http_error(error)
     if answer is None:
         raise error
+    if answer.status_code == 503 and router.events.wants(UnavailableAnswered):
+        if isinstance(error, DatabaseUnavailableError):
+            event = UnavailableAnswered(error.name, classify(error).kind)
+        else:
+            event = UnavailableAnswered(database, "router closed")
+        router.events.emit(event)
     raise answer from error
 
 
@@ -143,7 +152,7 @@ def _session_provider(
             async with router.session(name, commit=commit) as session:
                 yield session
         except DBRouterError as exc:
-            _answer(exc)
+            _answer(exc, router, name or router.settings.default_database)
 
     return provide_session
 
@@ -158,7 +167,7 @@ def _tenant_session_dependency(commit: bool) -> SessionDependency:
             async with router.tenant_session(tenant, commit=commit) as session:
                 yield session
         except DBRouterError as exc:
-            _answer(exc)
+            _answer(exc, router, f"tenant:{tenant}")
 
     if not commit:
         return provide_tenant_session

@@ -26,7 +26,7 @@ from ..settings import DatabaseSettings, TenancySettings, TenantSettings, tenant
 from ..singleflight import SingleFlight
 from ..urls import render
 from .storage import NO_SUCH_DATABASE, quoted, refused, sqlstate
-from .strategy import StrategyContext, TenantRoute
+from .strategy import StrategyContext, TenantRoute, TenantStorage
 
 __all__ = ["DatabaseTenancy", "TenantEngineCache"]
 
@@ -98,6 +98,21 @@ class DatabaseTenancy:
         except UnknownTenantError:
             return None
         return found
+
+    @contextlib.asynccontextmanager
+    async def storage(self, tenant: str, settings: TenantSettings) -> AsyncIterator[TenantStorage]:
+        """The tenant's database, with an engine of its own for the block (one connection,
+        not pooled, counted against ``max_connections``), disposed after it."""
+        database = self._factory.build(
+            f"maintenance:tenant:{tenant}",
+            self._database_settings(tenant, settings),
+            kind="maintenance",
+            poolclass=NullPool,
+        )
+        try:
+            yield TenantStorage(database)
+        finally:
+            await self._factory.dispose(database)
 
     def forget(self, tenant: str) -> bool:
         """Evict *tenant*'s engine (see `evict`)."""
@@ -292,6 +307,10 @@ class DatabaseTenancy:
         return database
 
     def _new_database(self, tenant: str, settings: TenantSettings) -> Database:
+        database_settings = self._database_settings(tenant, settings)
+        return self._factory.build(f"tenant:{tenant}", database_settings, kind="tenant")
+
+    def _database_settings(self, tenant: str, settings: TenantSettings) -> DatabaseSettings:
         tenancy = self._tenancy
         url = settings.url
         if url is None:
@@ -301,7 +320,7 @@ class DatabaseTenancy:
             # The id matched the tenant pattern, and the template was checked to place it
             # in the database name only: it cannot reach the host, user or query.
             url = tenant_url(template, tenant)
-        database_settings = DatabaseSettings(
+        return DatabaseSettings(
             url=url,
             pool_size=settings.pool_size or tenancy.pool_size,
             max_overflow=(
@@ -311,7 +330,6 @@ class DatabaseTenancy:
             connect_timeout=tenancy.connect_timeout,
             **tenancy.tenant_connection(settings),
         )
-        return self._factory.build(f"tenant:{tenant}", database_settings, kind="tenant")
 
     async def _verify(self, tenant: str, database: Database) -> None:
         # A template tenant exists only if its database does; find out before a request

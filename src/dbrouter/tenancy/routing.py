@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from ..errors import UnknownTenantError, UnmanagedTenantError
 from ..settings import TenantSettings
 from .directory import TenantCatalog, TenantDirectory
 from .resolvers import HeaderTenantResolver, TenantResolver
-from .strategy import StrategyContext, TenancyStrategy, TenantRoute, strategies
+from .strategy import StrategyContext, TenancyStrategy, TenantRoute, TenantStorage, strategies
 
 __all__ = ["Tenancy"]
 
@@ -46,6 +49,23 @@ class Tenancy:
         except UnknownTenantError:
             self.directory.forget(tenant, unknown=True)
             raise
+
+    @asynccontextmanager
+    async def storage(self, tenant: str, *, listed: bool = False) -> AsyncIterator[TenantStorage]:
+        """``async with tenancy.storage(tenant) as storage:`` — where *tenant* keeps its
+        data, for work outside its sessions (`TenancyStrategy.storage`).
+
+        The id is validated and looked up as for a session. With *listed* (the id came
+        from `list_tenants`, so its storage was just seen) a tenant that only the strategy's
+        rule knows is taken as found, without asking the server again.
+        """
+        if listed:
+            tenant = self.directory.validate(tenant)
+            settings = await self.directory.lookup(tenant, _found)
+        else:
+            tenant, settings = await self.identify(tenant)
+        async with self.strategy.storage(tenant, settings) as storage:
+            yield storage
 
     async def list_tenants(self) -> list[str]:
         """Every tenant that can be enumerated: declared ones, and the catalog's (when it
@@ -133,3 +153,8 @@ class Tenancy:
     async def _find(self, tenant: str) -> TenantSettings | None:
         # A tenant outside the static list and without a catalog: the strategy's rule.
         return await self.strategy.find(tenant)
+
+
+async def _found(tenant: str) -> TenantSettings:
+    # What the strategies' own find answers for a tenant whose storage exists.
+    return TenantSettings()

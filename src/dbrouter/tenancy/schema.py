@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
@@ -34,7 +36,7 @@ from ..outages import as_unavailable
 from ..settings import TenantSettings
 from ..urls import is_postgresql
 from .storage import quoted, refused
-from .strategy import StrategyContext, TenantRoute
+from .strategy import StrategyContext, TenantRoute, TenantStorage
 
 __all__ = ["SchemaTenancy", "TenantSchemaSession"]
 
@@ -125,12 +127,20 @@ class SchemaTenancy:
         """The schema name of the (validated) *tenant*."""
         return self._template.replace("{tenant}", tenant)
 
+    def search_path(self, tenant: str) -> str:
+        """The ``search_path`` *tenant*'s transactions are pinned to: its schema alone."""
+        # Tenant ids and the template allow no double quote, so quoting is enough.
+        return f'"{self.schema(tenant)}"'
+
     def session(self, tenant: str) -> AsyncSession:
         """A new session whose every transaction runs in *tenant*'s schema."""
-        # Tenant ids and the template allow no double quote, so quoting is enough.
-        path = f'"{self.schema(tenant)}"'
-        info: dict[str, Any] = {_SEARCH_PATH: path}
+        info: dict[str, Any] = {_SEARCH_PATH: self.search_path(tenant)}
         return self._factory(info=info)
+
+    @asynccontextmanager
+    async def storage(self, tenant: str, settings: TenantSettings) -> AsyncIterator[TenantStorage]:
+        """The shared database, with its own engine, and *tenant*'s schema in it."""
+        yield TenantStorage(self.database, self.schema(tenant), self.search_path(tenant))
 
     async def route(self, tenant: str, settings: TenantSettings) -> TenantRoute:
         """The shared database, and sessions pinned to *tenant*'s schema."""

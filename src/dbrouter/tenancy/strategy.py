@@ -8,6 +8,7 @@ is one more module implementing `TenancyStrategy` and one more entry in `STRATEG
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,11 +19,33 @@ from ..engines import EngineFactory
 from ..registry import DatabaseRegistry
 from ..settings import TenancySettings, TenantSettings
 
-__all__ = ["SessionMaker", "StrategyContext", "TenancyStrategy", "TenantRoute", "strategies"]
+__all__ = [
+    "SessionMaker",
+    "StrategyContext",
+    "TenancyStrategy",
+    "TenantRoute",
+    "TenantStorage",
+    "strategies",
+]
 
 SessionMaker = Callable[[], AsyncSession]
 TenantRoute = tuple[Database, SessionMaker]
 """Where a tenant's session goes: the database that lends it, and how to open it."""
+
+
+@dataclass(frozen=True, slots=True)
+class TenantStorage:
+    """Where a tenant's data lives, for work done outside its sessions (migrations)."""
+
+    database: Database
+    """The database holding the tenant's data, reached with the URL and connection options
+    the tenant's sessions use."""
+    schema: str | None = None
+    """The tenant's schema in that database, where tenants share one; None where the
+    tenant has a database of its own."""
+    search_path: str | None = None
+    """With ``schema``: the ``search_path`` every transaction of the tenant's sessions is
+    pinned to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +75,15 @@ class TenancyStrategy(Protocol):
 
     async def list_tenants(self) -> list[str]:
         """The ids of the tenants whose storage exists on the server, sorted."""
+        ...
+
+    def storage(
+        self, tenant: str, settings: TenantSettings
+    ) -> AbstractAsyncContextManager[TenantStorage]:
+        """``async with strategy.storage(tenant, settings) as storage:`` — where the known
+        *tenant* (with its *settings*) keeps its data, and an engine to reach it for the
+        block: the shared one, or one built for the block and disposed after it. Opens no
+        connection."""
         ...
 
     def forget(self, tenant: str) -> bool:
