@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -16,6 +17,8 @@ from dbrouter import ConfigurationError, DatabaseRouter, RouterSettings
 from dbrouter.testing.environment import TestEnvironment
 from dbrouter.testing.tenants import ThrowawayTenants
 from tests.testing.example import metadata
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "examples" / "migrations"
 
 
 def app_router(database: str, **tenancy: object) -> DatabaseRouter:
@@ -140,3 +143,64 @@ async def test_metadata_that_is_not_metadata_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="is a FastAPI, not SQLAlchemy MetaData"):
         load_metadata("notes.app:app")
     assert isinstance(load_metadata("dbrouter.models:Base"), MetaData)
+
+
+async def test_migrations_run_before_the_tests(postgres_admin_url: str, database: str) -> None:
+    scripts = MIGRATIONS
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={
+                "primary": {
+                    "url": f"postgresql://app@db.internal/{database}",
+                    "migrations": scripts / "primary",
+                }
+            },
+            tenancy={
+                "strategy": "schema",
+                "migrations": scripts / "tenants",
+                "tenants": {"acme": {}},
+            },
+        )
+    )
+    environment = await TestEnvironment.open(router, server=postgres_admin_url)
+    try:
+        isolation = environment.isolation()
+        tested = environment.router_for(isolation)
+        tenants = ThrowawayTenants(environment)
+        isolation.afterwards(tenants.drop_all)
+        made = await tenants.create()
+        async with tested.session() as session:
+            # The plans the first revisions write are there, in the migrated table.
+            assert await session.scalar(text("SELECT count(price_cents) FROM plans"))
+        for tenant in ("acme", made):
+            async with tested.tenant_session(tenant) as session:
+                assert await session.scalar(text("SELECT count(*) FROM projects")) == 0
+        await tested.dispose()
+        await isolation.finish()
+    finally:
+        await environment.close()
+
+
+async def test_failed_migrations_stop_the_session(
+    postgres_admin_url: str, database: str, tmp_path: Path
+) -> None:
+    from dbrouter import migrations
+
+    scripts = migrations.init(tmp_path / "broken")
+    (scripts / "versions" / "0001_broken.py").write_text(
+        'revision = "0001"\ndown_revision = None\n\n\n'
+        "def upgrade():\n    raise RuntimeError('this revision fails')\n\n\n"
+        "def downgrade():\n    pass\n"
+    )
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={
+                "primary": {
+                    "url": f"postgresql://app@db.internal/{database}",
+                    "migrations": scripts,
+                }
+            }
+        )
+    )
+    with pytest.raises(ConfigurationError, match="migrating the test databases failed"):
+        await TestEnvironment.open(router, server=postgres_admin_url)

@@ -6,7 +6,6 @@ SQLAlchemy metadata when it names one to the plugin."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -144,34 +143,26 @@ def load_metadata(path: str) -> MetaData:
 
 def has_migrations(settings: RouterSettings) -> bool:
     """Whether any database or the tenants have an Alembic script directory."""
-    if any(getattr(db, "migrations", None) for db in settings.databases.values()):
+    if any(database.migrations for database in settings.databases.values()):
         return True
-    return settings.tenancy is not None and bool(getattr(settings.tenancy, "migrations", None))
+    return settings.tenancy is not None and settings.tenancy.migrations is not None
 
 
-async def migrate(router: DatabaseRouter, *, tenants: list[str] | None = None) -> None:
-    """Upgrade every database and tenant of *router* that has migrations to head (with
-    *tenants*, those tenants only).
-
-    The migrations live in ``dbrouter.migrations`` (extra ``migrations``); a router whose
-    configuration names no script directory needs nothing.
-    """
+async def migrate(router: DatabaseRouter) -> None:
+    """Upgrade every database and tenant of *router* that has migrations to head
+    (`dbrouter.migrations`, extra ``migrations``); nothing when none has."""
     if not has_migrations(router.settings):
         return
-    if tenants is not None and not getattr(router.settings.tenancy, "migrations", None):
-        return
+    from .. import migrations
+
     try:
-        migrations: Any = importlib.import_module("dbrouter.migrations")
+        upgrade = migrations.upgrade
     except ModuleNotFoundError as exc:
-        raise ConfigurationError(
-            f"the configuration names Alembic migrations, which the tests run before the "
-            f"first test: {exc}"
-        ) from None
-    report = await migrations.upgrade(router, tenants=tenants or ())
+        raise ConfigurationError(f"the configuration names migrations: {exc}") from None
+    report = await upgrade(router)
     if not report.ok:
-        raise ConfigurationError(
-            f"migrating the test databases failed: {report.as_dict()['targets']}"
-        )
+        failed = [(result.target, result.error) for result in report.targets if result.error]
+        raise ConfigurationError(f"migrating the test databases failed: {failed}")
 
 
 async def caught_up(server: URL, standby: URL, *, timeout: float = 30.0) -> None:
