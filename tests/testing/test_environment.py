@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from dbrouter import ConfigurationError, DatabaseRouter, RouterSettings
 from dbrouter.testing.environment import TestEnvironment
+from dbrouter.testing.isolation import Isolation
 from dbrouter.testing.tenants import ThrowawayTenants
 from tests.testing.example import metadata
 
@@ -45,6 +46,17 @@ async def database(postgres_admin_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
+async def a_test_with_a_tenant(
+    environment: TestEnvironment,
+) -> tuple[Isolation, DatabaseRouter, ThrowawayTenants, str]:
+    """A test's isolation and router, with a tenant made for the test."""
+    isolation = environment.isolation()
+    tested = environment.router_for(isolation)
+    tenants = ThrowawayTenants(environment)
+    isolation.afterwards(tenants.drop_all)
+    return isolation, tested, tenants, await tenants.create()
+
+
 async def exists(url: str, sql: str, *args: object) -> bool:
     connection = await asyncpg.connect(url)
     try:
@@ -60,11 +72,7 @@ async def test_schema_tenants_keep_their_pin_inside_the_test(
     environment = await TestEnvironment.open(router, server=postgres_admin_url, metadata=metadata)
     url = make_url(postgres_admin_url).set(database=database).render_as_string(False)
     try:
-        isolation = environment.isolation()
-        tested = environment.router_for(isolation)
-        tenants = ThrowawayTenants(environment)
-        isolation.afterwards(tenants.drop_all)
-        made = await tenants.create()
+        isolation, tested, tenants, made = await a_test_with_a_tenant(environment)
         async with tested.session() as primary:
             await primary.execute(text("SELECT 1"))
             async with tested.tenant_session("acme", commit=True) as session:
@@ -164,11 +172,7 @@ async def test_migrations_run_before_the_tests(postgres_admin_url: str, database
     )
     environment = await TestEnvironment.open(router, server=postgres_admin_url)
     try:
-        isolation = environment.isolation()
-        tested = environment.router_for(isolation)
-        tenants = ThrowawayTenants(environment)
-        isolation.afterwards(tenants.drop_all)
-        made = await tenants.create()
+        isolation, tested, _, made = await a_test_with_a_tenant(environment)
         async with tested.session() as session:
             # The plans the first revisions write are there, in the migrated table.
             assert await session.scalar(text("SELECT count(price_cents) FROM plans"))
