@@ -126,23 +126,21 @@ class DatabaseTenancy:
         prefix, _, suffix = (tenant_url(template, _PLACEHOLDER).database or "").partition(
             _PLACEHOLDER
         )
-        async with self._maintenance(template) as connection:
+        async with self._maintenance(_PLACEHOLDER) as connection:
             names = (await connection.scalars(_DATABASES)).all()
         found = (_between(name, prefix, suffix) for name in names)
         return sorted(tenant for tenant in found if tenant)
 
     def where(self, tenant: str, settings: TenantSettings) -> str:
         """The URL of *tenant*'s database, its password hidden."""
-        url = settings.url
-        if url is None and self._tenancy.url_template is not None:
-            url = tenant_url(self._tenancy.url_template, tenant)
+        url = self._url(tenant, settings)
         return "(no database: no url and no url_template)" if url is None else render(url)
 
     async def create(self, tenant: str) -> None:
         """``CREATE DATABASE`` of the URL template's database for *tenant*, through a
         connection to the ``postgres`` database of the same server and role."""
         url = self._derived(tenant, "create")
-        async with self._maintenance(url) as connection:
+        async with self._maintenance(tenant) as connection:
             name = quoted(connection, url.database or "")
             try:
                 await connection.execute(text(f"CREATE DATABASE {name}"))
@@ -155,7 +153,7 @@ class DatabaseTenancy:
         connections other processes keep to it are closed too."""
         url = self._derived(tenant, "drop")
         await self._dispose_now(tenant, timeout)
-        async with self._maintenance(url) as connection:
+        async with self._maintenance(tenant) as connection:
             name = quoted(connection, url.database or "")
             version = connection.dialect.server_version_info or (0,)
             force = " WITH (FORCE)" if version >= (13,) else ""
@@ -172,21 +170,20 @@ class DatabaseTenancy:
                 f"cannot {action} tenant {tenant!r}: dbrouter creates and drops only the "
                 "databases it derives from tenancy.url_template, and none is set"
             )
-        return tenant_url(template, tenant)
+        url = self._url(tenant, TenantSettings())
+        assert url is not None
+        return url
 
     @contextlib.asynccontextmanager
-    async def _maintenance(self, url: URL) -> AsyncIterator[AsyncConnection]:
-        # The server's own "postgres" database, with the template's role and options, in
-        # autocommit: CREATE and DROP DATABASE cannot run inside a transaction.
-        # The TLS and timeouts of the tenants' own connections apply.
-        tenancy = self._tenancy
+    async def _maintenance(self, tenant: str) -> AsyncIterator[AsyncConnection]:
+        # The server's own "postgres" database, with the role, TLS and timeouts a template
+        # tenant's engine gets, in autocommit: CREATE and DROP DATABASE cannot run inside a
+        # transaction.
+        settings = self._database_settings(tenant, TenantSettings())
+        url = settings.url.set(database="postgres")
         maintenance = self._factory.build(
             f"maintenance:{url.host or 'local'}",
-            DatabaseSettings(
-                url=url.set(database="postgres"),
-                connect_timeout=tenancy.connect_timeout,
-                **tenancy.tenant_connection(TenantSettings()),
-            ),
+            settings.model_copy(update={"url": url}),
             kind="maintenance",
             poolclass=NullPool,
         )
@@ -208,15 +205,7 @@ class DatabaseTenancy:
             return
         self._retire(database)
         task = next(task for task, retiring in self._retiring.items() if retiring is database)
-        _, late = await asyncio.wait({task}, timeout=timeout)
-        if late:
-            logger.warning(
-                "dbrouter: dropping %s while %d session(s) still use it",
-                database.name,
-                database.leases.count,
-            )
-            task.cancel()
-            await database.engine.dispose()
+        await self._wait_retired({task}, timeout)
 
     def cached(self) -> dict[str, Database]:
         """The tenant databases cached now, by tenant id."""
@@ -281,7 +270,12 @@ class DatabaseTenancy:
             self.evict(tenant)
         if not self._retiring:
             return
-        _, late = await asyncio.wait(set(self._retiring), timeout=timeout)
+        await self._wait_retired(set(self._retiring), timeout)
+
+    async def _wait_retired(self, tasks: set[asyncio.Task[None]], timeout: float) -> None:
+        """Wait (at most *timeout* seconds) for the disposal *tasks*; a database whose
+        sessions outlast that is disposed under them."""
+        _, late = await asyncio.wait(tasks, timeout=timeout)
         for task in late:
             database = self._retiring[task]
             logger.warning(
@@ -310,16 +304,21 @@ class DatabaseTenancy:
         database_settings = self._database_settings(tenant, settings)
         return self._factory.build(f"tenant:{tenant}", database_settings, kind="tenant")
 
+    def _url(self, tenant: str, settings: TenantSettings) -> URL | None:
+        """The URL of *tenant*'s database: its own, else the template's; None without
+        either."""
+        if settings.url is not None:
+            return settings.url
+        template = self._tenancy.url_template
+        # The id matched the tenant pattern, and the template was checked to place it in
+        # the database name only: it cannot reach the host, user or query.
+        return None if template is None else tenant_url(template, tenant)
+
     def _database_settings(self, tenant: str, settings: TenantSettings) -> DatabaseSettings:
         tenancy = self._tenancy
-        url = settings.url
+        url = self._url(tenant, settings)
         if url is None:
-            template = tenancy.url_template
-            if template is None:
-                raise UnknownTenantError(tenant)
-            # The id matched the tenant pattern, and the template was checked to place it
-            # in the database name only: it cannot reach the host, user or query.
-            url = tenant_url(template, tenant)
+            raise UnknownTenantError(tenant)
         return DatabaseSettings(
             url=url,
             pool_size=settings.pool_size or tenancy.pool_size,
