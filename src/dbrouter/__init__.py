@@ -6,7 +6,7 @@ from typing import Any as _Any
 
 from .context import current_tenant
 from .databases import Database
-from .engines import EngineFactory
+from .engines import EngineFactory, EngineTarget
 from .errors import (
     BudgetExhaustedError,
     ConfigurationError,
@@ -70,6 +70,7 @@ __all__ = [
     "DatabaseSettings",
     "DatabaseUnavailableError",
     "EngineFactory",
+    "EngineTarget",
     "EventBus",
     "HeaderTenantResolver",
     "HealthReport",

@@ -7,6 +7,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from .urls import is_postgresql, is_sqlite
 __all__ = [
     "DATABASE_KEY",
     "EngineFactory",
+    "EngineTarget",
     "RoutedSession",
     "SessionFactory",
     "build_sessionmaker",
@@ -135,6 +137,16 @@ def _tls_files(settings: DatabaseSettings) -> dict[str, Path | None]:
     return {"ca": settings.ssl_ca, "cert": settings.ssl_cert, "key": settings.ssl_key}
 
 
+@dataclass(frozen=True, slots=True)
+class EngineTarget:
+    """What an engine is built for: the database it serves."""
+
+    name: str
+    """The database's name: the configured one, ``replica#2``, ``tenant:<id>``..."""
+    settings: DatabaseSettings
+    kind: EngineKind
+
+
 class EngineFactory:
     """Builds every engine of a router — named databases, replica servers, tenant and
     maintenance engines — and disposes them: the one place `create_async_engine` is
@@ -170,8 +182,9 @@ class EngineFactory:
         """Call *watcher* with every database built from now on, once it is ready."""
         self._watchers.append(watcher)
 
-    def create_engine(self, url: URL, **options: Any) -> AsyncEngine:
-        """The engine for *url* with *options* (`create_async_engine`'s keywords)."""
+    def create_engine(self, url: URL, *, target: EngineTarget, **options: Any) -> AsyncEngine:
+        """The engine for *url* with *options* (`create_async_engine`'s keywords), built
+        for *target*."""
         return create_async_engine(url, **options)
 
     def build(
@@ -191,7 +204,9 @@ class EngineFactory:
             for key in ("pool_size", "max_overflow", "pool_timeout", "pool_use_lifo"):
                 options.pop(key, None)
         options.update(overrides)
-        engine = self.create_engine(options.pop("url"), **options)
+        engine = self.create_engine(
+            options.pop("url"), target=EngineTarget(name, settings, kind), **options
+        )
         if read_only_by_connection(settings):
             make_connections_read_only(engine, settings)
         if self.budget is not None:

@@ -11,11 +11,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from ..databases import Database
-from ..engines import EngineFactory
+from ..engines import EngineFactory, EngineTarget
 from ..errors import ConfigurationError
-from ..events import EngineKind
-from ..settings import DatabaseSettings
 from ..urls import is_postgresql, render
 from .isolation import Binding, Isolation
 
@@ -42,35 +39,18 @@ class IsolatingEngineFactory(EngineFactory):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._bindings: dict[str, Binding] = {}
-        self._building: tuple[str, DatabaseSettings, EngineKind] | None = None
 
     @classmethod
     def bound(cls, isolation: Isolation) -> type[IsolatingEngineFactory]:
         """The factory class whose engines connect through *isolation*."""
         return type(cls.__name__, (cls,), {"isolation": isolation, "__doc__": cls.__doc__})
 
-    def build(
-        self,
-        name: str,
-        settings: DatabaseSettings,
-        *,
-        kind: EngineKind = "database",
-        note_commits: bool = False,
-        **overrides: Any,
-    ) -> Database:
-        """`EngineFactory.build`, remembering which database the engine is for."""
-        self._building = (name, settings, kind)
-        try:
-            return super().build(name, settings, kind=kind, note_commits=note_commits, **overrides)
-        finally:
-            self._building = None
-
-    def create_engine(self, url: URL, **options: Any) -> AsyncEngine:
+    def create_engine(self, url: URL, *, target: EngineTarget, **options: Any) -> AsyncEngine:
         """An engine whose connections come from the test's isolation."""
-        building, isolation = self._building, self.isolation
-        if building is None or isolation is None or building[2] in _REAL_KINDS:
-            return super().create_engine(url, **options)
-        name, settings, kind = building
+        isolation = self.isolation
+        if isolation is None or target.kind in _REAL_KINDS:
+            return super().create_engine(url, target=target, **options)
+        name, settings, kind = target.name, target.settings, target.kind
         if not (is_postgresql(url) and url.get_driver_name() == "asyncpg"):
             raise ConfigurationError(
                 f"databases.{name}.url: tests isolate PostgreSQL databases reached with "
@@ -83,10 +63,10 @@ class IsolatingEngineFactory(EngineFactory):
         server = f"{url.drivername}://{url.host}:{url.port}"
         learned = isolation.dialects.get(server)
         if learned is None:
-            engine = super().create_engine(url, **options)
+            engine = super().create_engine(url, target=target, **options)
             _learn_dialect(engine, isolation.dialects, server)
         else:
-            engine = super().create_engine(url, _initialize=False, **options)
+            engine = super().create_engine(url, target=target, _initialize=False, **options)
             _initialized(engine, learned)
         _, params = engine.dialect.create_connect_args(engine.url)
         binding = Binding(name, kind, settings, {**params, **connect_args})
