@@ -486,6 +486,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report:
         print(report.render(json.loads(args.report.read_text())), end="")
         return 0
+    python = envs.ready(envs.DBROUTER)
+    if Path(sys.prefix).resolve() != envs.DBROUTER.path.resolve():
+        # The throwaway server's harness is the project's: go on in its environment.
+        os.execv(python, [str(python), __file__, *(sys.argv[1:] if argv is None else argv)])
     started = time.monotonic()
     results = run(args)
     results["seconds"] = round(time.monotonic() - started)

@@ -67,6 +67,9 @@ class _Proxy:
         self.host = host
         self.port = port
         self.counters: list[FrontendCounter] = []
+        self.cut: bytes | None = None
+        """While set: a client message holding these bytes is not forwarded, its connection
+        is cut instead (for tests of a connection lost mid-statement)."""
 
     @property
     def round_trips(self) -> int:
@@ -93,8 +96,8 @@ class _Proxy:
             upstream_reader, upstream_writer = await asyncio.open_connection(self.host, self.port)
             upstream_writer.write(pending)
             await asyncio.gather(
-                _pump(reader, upstream_writer, counter),
-                _pump(upstream_reader, writer, None),
+                _pump(reader, upstream_writer, counter, self),
+                _pump(upstream_reader, writer, None, None),
             )
         finally:
             for end in (writer, upstream_writer):
@@ -103,10 +106,15 @@ class _Proxy:
 
 
 async def _pump(
-    source: asyncio.StreamReader, sink: asyncio.StreamWriter, counter: FrontendCounter | None
+    source: asyncio.StreamReader,
+    sink: asyncio.StreamWriter,
+    counter: FrontendCounter | None,
+    proxy: _Proxy | None,
 ) -> None:
     with contextlib.suppress(ConnectionError):
         while data := await source.read(65536):
+            if proxy is not None and proxy.cut is not None and proxy.cut in data:
+                break
             if counter is not None:
                 counter.feed(data)
             sink.write(data)

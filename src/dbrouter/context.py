@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
-__all__ = ["current_tenant", "enter_tenant", "leave_tenant", "tenant_context"]
+__all__ = ["current_tenant", "enter_tenant", "leave_tenant"]
 
 _current_tenant: ContextVar[str | None] = ContextVar("dbrouter_tenant", default=None)
 
@@ -27,13 +25,3 @@ def enter_tenant(tenant: str) -> Token[str | None]:
 def leave_tenant(token: Token[str | None]) -> None:
     """The current tenant as it was before the `enter_tenant` that returned *token*."""
     _current_tenant.reset(token)
-
-
-@contextmanager
-def tenant_context(tenant: str) -> Iterator[str]:
-    """Make *tenant* the current tenant for the duration of the block."""
-    token = _current_tenant.set(tenant)
-    try:
-        yield tenant
-    finally:
-        _current_tenant.reset(token)

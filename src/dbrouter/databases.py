@@ -44,6 +44,10 @@ class GuardedSession(Session):
         if not cls._is_ended:
             cls._ended_class = type(f"Ended{cls.__name__}", (_EndedSession, cls), {})
 
+    def ending(self) -> None:
+        """Its lending is about to end: whatever ends its transaction next ends its use.
+        Nothing to do here; a subclass may fold its clean-up into that end."""
+
     def end(self, why: str) -> None:
         """Refuse every connection from now on, with `SessionClosedError` (*why*)."""
         self.ended = why

@@ -29,6 +29,7 @@ from .outages import (
     server_outage,
 )
 from .replicas.readonly import ReplicaSession
+from .settings import TenantSettings
 
 __all__ = ["LentSession", "Route", "SessionMaker", "TenantLentSession", "TenantRouter"]
 
@@ -44,8 +45,9 @@ SessionMaker = Callable[[], AsyncSession]
 Route = tuple[Database, SessionMaker, Callable[[], None] | None]
 """Where a session goes: the database, how to open a session there, and whom to tell when
 the database turns out to be unreachable."""
-TenantRouter = Callable[[str], Awaitable[tuple[Database, SessionMaker]]]
-"""Validates and looks a tenant up, and says where its session goes."""
+TenantRouter = Callable[[str, TenantSettings | None], Awaitable[tuple[Database, SessionMaker]]]
+"""Says where a session of a tenant goes: given its settings when it was looked up
+already, else validating and looking it up first."""
 
 # Routing is retried when the engine found was evicted before a session could lease it.
 _ROUTE_ATTEMPTS = 3
@@ -183,20 +185,37 @@ class LentSession:
 class TenantLentSession:
     """``async with`` a session on a tenant's data: routed through *route* on entering
     (again if the engine found was evicted before it could be leased), lent as
-    `LentSession` lends, with the tenant current (`current_tenant()`) inside."""
+    `LentSession` lends, with the tenant current (`current_tenant()`) inside.
 
-    __slots__ = ("_commit", "_lent", "_route", "_tenant", "_token")
+    *settings* are those of a tenant already validated and looked up (a request's); they
+    serve the first routing only, a routing again looks the tenant up afresh. Without
+    *current*, making the tenant current is left to the caller.
+    """
 
-    def __init__(self, tenant: str, route: TenantRouter, *, commit: bool = False) -> None:
+    __slots__ = ("_commit", "_current", "_lent", "_route", "_settings", "_tenant", "_token")
+
+    def __init__(
+        self,
+        tenant: str,
+        route: TenantRouter,
+        *,
+        commit: bool = False,
+        settings: TenantSettings | None = None,
+        current: bool = True,
+    ) -> None:
         self._tenant = tenant
         self._route = route
         self._commit = commit
+        self._settings = settings
+        self._current = current
         self._lent: LentSession | None = None
         self._token: Token[str | None] | None = None
 
     async def __aenter__(self) -> AsyncSession:
+        settings = self._settings
         for attempt in range(_ROUTE_ATTEMPTS):
-            database, make_session = await self._route(self._tenant)
+            database, make_session = await self._route(self._tenant, settings)
+            settings = None
             lent = LentSession(database, make_session, commit=self._commit)
             try:
                 # No await between routing and the lease: an eviction cannot slip in.
@@ -207,7 +226,8 @@ class TenantLentSession:
                 continue  # evicted between routing and the lease: route again
             break
         self._lent = lent
-        self._token = enter_tenant(self._tenant)
+        if self._current:
+            self._token = enter_tenant(self._tenant)
         return session
 
     async def __aexit__(
@@ -218,11 +238,16 @@ class TenantLentSession:
     ) -> None:
         lent, token = self._lent, self._token
         assert lent is not None
-        assert token is not None
         try:
+            session = lent._session
+            if session is not None:
+                sync_session = session.sync_session
+                if isinstance(sync_session, GuardedSession):
+                    sync_session.ending()
             await lent.__aexit__(exc_type, exc, traceback)
         finally:
-            leave_tenant(token)
+            if token is not None:
+                leave_tenant(token)
 
 
 async def _close(session: AsyncSession) -> None:

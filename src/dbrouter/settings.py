@@ -321,6 +321,11 @@ class TenantSettings(_Model):
     """Added to ``tenancy.server_settings`` for this tenant, its values winning."""
 
 
+NO_OVERRIDES = TenantSettings()
+"""The settings of a tenant that declares nothing of its own: one shared (frozen) value,
+so remembering many such tenants costs no copy of it each."""
+
+
 class TenancySettings(_Model):
     """How requests are mapped to tenants and tenants to databases or schemas."""
 

@@ -290,9 +290,18 @@ async def test_temporary_tables_do_not_outlive_the_tenant_session(pg_url: str) -
             assert list(owners) == ["public"]
 
 
+@pytest.mark.parametrize(
+    "commits_itself",
+    [
+        pytest.param(False, id="with-the-last-commit"),
+        pytest.param(True, id="as-the-pool-takes-it-back"),
+    ],
+)
 async def test_a_cancellation_while_temporary_objects_are_dropped_loses_no_connection(
-    pg_url: str, postgres_admin_url: str
+    pg_url: str, postgres_admin_url: str, commits_itself: bool
 ) -> None:
+    # The clean-up travels with the block's last COMMIT; when the block committed itself
+    # already, the pool sends it alone as it takes the connection back.
     await tenant_schemas(pg_url, ["alpha", "beta"])
     router = DatabaseRouter(
         RouterSettings(
@@ -313,6 +322,8 @@ async def test_a_cancellation_while_temporary_objects_are_dropped_loses_no_conne
                         "END LOOP; END $$"
                     )
                 )
+                if commits_itself:
+                    await session.commit()
 
         watcher = await asyncpg.connect(postgres_admin_url)
         try:
@@ -321,9 +332,9 @@ async def test_a_cancellation_while_temporary_objects_are_dropped_loses_no_conne
             while not task.done() and not discarding:
                 discarding = await watcher.fetchval(
                     "SELECT count(*) > 0 FROM pg_stat_activity "
-                    "WHERE query = 'DISCARD TEMP' AND state = 'active'"
+                    "WHERE query LIKE '%DISCARD TEMP' AND state = 'active'"
                 )
-            task.cancel()  # while the pool drops them
+            task.cancel()  # while they are dropped
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         finally:
@@ -376,6 +387,52 @@ async def test_the_tenant_is_current_in_background_tasks_only_for_its_request(
             assert (await client.get("/plain")).json()["tenant"] is None
     assert seen == TENANTS[:3]
     assert current_tenant() is None
+
+
+async def test_the_tenant_is_found_once_and_current_until_the_request_ends(
+    schema_router: DatabaseRouter,
+) -> None:
+    # get_tenant() and a committing get_tenant_db() in either order: FastAPI ends the
+    # session before the response and get_tenant() after it, whatever order they start in.
+    resolved: list[str] = []
+
+    def resolve(request: TenantRequest) -> str | None:
+        resolved.append(request.headers["x-tenant-id"])
+        return request.headers["x-tenant-id"]
+
+    schema_router.tenancy.resolver = CallableTenantResolver(resolve)
+    seen: list[tuple[str, str | None]] = []
+    app = FastAPI(lifespan=schema_router.lifespan)
+
+    def remember(where: str) -> None:
+        seen.append((where, current_tenant()))
+
+    @app.post("/session-first")
+    async def session_first(db: TenantCommit, tenant: Tenant, tasks: BackgroundTasks) -> str:
+        remember("endpoint")
+        tasks.add_task(remember, "background")
+        return tenant
+
+    @app.post("/tenant-first")
+    async def tenant_first(tenant: Tenant, db: TenantCommit, tasks: BackgroundTasks) -> str:
+        remember("endpoint")
+        tasks.add_task(remember, "background")
+        return tenant
+
+    @app.post("/session-only")
+    async def session_only(db: TenantCommit, tasks: BackgroundTasks) -> None:
+        remember("endpoint")
+        tasks.add_task(remember, "background")
+
+    async with serve(app) as client:
+        for path in ("/session-first", "/tenant-first", "/session-only"):
+            seen.clear()
+            resolved.clear()
+            response = await client.post(path, headers=as_tenant(TENANTS[2]))
+            assert response.status_code == 200, response.text
+            assert seen == [("endpoint", TENANTS[2]), ("background", TENANTS[2])]
+            assert resolved == [TENANTS[2]]
+            assert current_tenant() is None
 
 
 async def test_tenant_session_outside_requests(router: DatabaseRouter) -> None:

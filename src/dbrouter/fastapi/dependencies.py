@@ -5,16 +5,19 @@
 # and the committing dependency refers to a local variable.
 import functools
 from collections.abc import AsyncIterator, Callable
+from contextvars import Token
 from typing import Annotated, Any, NoReturn
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..context import tenant_context
+from ..context import enter_tenant, leave_tenant
 from ..errors import ConfigurationError, DatabaseUnavailableError, DBRouterError
 from ..events import UnavailableAnswered
+from ..lending import TenantLentSession
 from ..outages import classify
 from ..router import DatabaseRouter
+from ..settings import TenantSettings
 from ..tenancy.resolvers import TenantRequest
 from .errors import http_error
 
@@ -35,6 +38,7 @@ STATE_KEY = "dbrouter"
 
 DATABASE_ATTRIBUTE = "__dbrouter_database__"
 TENANT_MARK = "<tenant>"  # stands for "the request's tenant" among the database names used
+_SCOPE_TENANT = "dbrouter.tenant"  # the request's tenant and its settings, once looked up
 
 SessionDependency = Callable[..., Any]
 """What `get_db` returns: a callable for ``Depends``."""
@@ -76,7 +80,50 @@ def get_tenant_db(*, commit: bool = False) -> SessionDependency:
 
 async def provide_tenant(request: Request) -> AsyncIterator[str]:
     """Resolve, validate and look up the tenant of *request*; it is current meanwhile."""
-    router = router_of(request)
+    known = await _request_tenant(request, router_of(request))
+    known.enter()
+    try:
+        yield known.tenant
+    finally:
+        known.leave()
+
+
+class _RequestTenant:
+    """The tenant of one request, looked up once, and current while any of the request's
+    dependencies that use it is active.
+
+    `get_tenant` and `get_tenant_db` may both serve an endpoint, and FastAPI ends a
+    function-scoped dependency before a request-scoped one whatever their order: the
+    tenant is made current by the first to start and reset by the last to end.
+    """
+
+    __slots__ = ("_token", "_users", "settings", "tenant")
+
+    def __init__(self, tenant: str, settings: TenantSettings) -> None:
+        self.tenant = tenant
+        self.settings = settings
+        self._users = 0
+        self._token: Token[str | None] | None = None
+
+    def enter(self) -> None:
+        if self._users == 0:
+            self._token = enter_tenant(self.tenant)
+        self._users += 1
+
+    def leave(self) -> None:
+        self._users -= 1
+        if self._users == 0 and self._token is not None:
+            leave_tenant(self._token)
+            self._token = None
+
+
+async def _request_tenant(request: Request, router: DatabaseRouter) -> _RequestTenant:
+    """The tenant of *request*: resolved, validated and looked up once per request; an
+    HTTP error otherwise."""
+    scope = request.scope
+    known: _RequestTenant | None = scope.get(_SCOPE_TENANT)
+    if known is not None:
+        return known
     headers = request.headers
     host = headers.get("host")
     try:
@@ -86,14 +133,17 @@ async def provide_tenant(request: Request) -> AsyncIterator[str]:
                 headers=headers,
                 host=host.rsplit(":", 1)[0] if host else None,
                 path_params=request.path_params,
-                state=request.scope.get("state") or {},
+                state=scope.get("state") or {},
             )
         )
-        tenant, _ = await tenancy.identify(raw)
+        known = _RequestTenant(*await tenancy.identify(raw))
     except DBRouterError as exc:
         _answer(exc, router, router.settings.default_database)
-    with tenant_context(tenant):
-        yield tenant
+    scope[_SCOPE_TENANT] = known
+    return known
+
+
+setattr(provide_tenant, DATABASE_ATTRIBUTE, TENANT_MARK)
 
 
 def router_of(request: Request) -> DatabaseRouter:
@@ -159,21 +209,32 @@ def _session_provider(
 
 @functools.cache
 def _tenant_session_dependency(commit: bool) -> SessionDependency:
-    async def provide_tenant_session(
-        request: Request, tenant: Annotated[str, Depends(provide_tenant)]
-    ) -> AsyncIterator[AsyncSession]:
+    # One dependency, not one on top of `provide_tenant`: each costs FastAPI a solve.
+    async def provide_tenant_session(request: Request) -> AsyncIterator[AsyncSession]:
         router = router_of(request)
+        known = await _request_tenant(request, router)
+        tenant = known.tenant
+        lent = TenantLentSession(
+            tenant, router.tenancy.route, commit=commit, settings=known.settings, current=False
+        )
+        known.enter()
         try:
-            async with router.tenant_session(tenant, commit=commit) as session:
+            async with lent as session:
                 yield session
         except DBRouterError as exc:
             _answer(exc, router, f"tenant:{tenant}")
+        finally:
+            known.leave()
 
+    setattr(provide_tenant_session, DATABASE_ATTRIBUTE, TENANT_MARK)
     if not commit:
         return provide_tenant_session
 
+    # The session ends before the response; `provide_tenant` keeps the tenant current
+    # until the request ends (its background tasks included), as a reading session does.
     async def provide_committed_tenant_session(
         session: Annotated[AsyncSession, Depends(provide_tenant_session, scope="function")],
+        tenant: Annotated[str, Depends(provide_tenant)],
     ) -> AsyncSession:
         return session
 

@@ -16,7 +16,7 @@ from starlette.routing import Mount
 from ..errors import ConfigurationError, RouterClosedError
 from ..router import DatabaseRouter
 from ..urls import render
-from .dependencies import DATABASE_ATTRIBUTE, STATE_KEY, TENANT_MARK, provide_tenant
+from .dependencies import DATABASE_ATTRIBUTE, STATE_KEY, TENANT_MARK
 from .middleware import ConsistencyMiddleware
 
 __all__ = ["attach_router", "lifespan"]
@@ -92,9 +92,7 @@ def _names_in(dependant: Dependant, overrides: dict[Any, Any]) -> Iterator[str |
         call = dependency.call
         if call in overrides:
             continue
-        if call is provide_tenant:
-            yield TENANT_MARK
-        elif hasattr(call, DATABASE_ATTRIBUTE):
+        if hasattr(call, DATABASE_ATTRIBUTE):
             yield getattr(call, DATABASE_ATTRIBUTE)
         else:
             yield from _names_in(dependency, overrides)

@@ -22,7 +22,7 @@ from ..engines import EngineFactory
 from ..errors import RouterClosedError, UnknownTenantError, UnmanagedTenantError
 from ..events import TenantEngineEvicted
 from ..outages import as_unavailable
-from ..settings import DatabaseSettings, TenancySettings, TenantSettings, tenant_url
+from ..settings import NO_OVERRIDES, DatabaseSettings, TenancySettings, TenantSettings, tenant_url
 from ..singleflight import SingleFlight
 from ..urls import render
 from .storage import NO_SUCH_DATABASE, quoted, refused, sqlstate
@@ -69,6 +69,7 @@ class DatabaseTenancy:
         self._factory = factory
         self._budget = factory.budget
         self._last_used: dict[str, float] = {}
+        self._refresh_after = min(1.0, tenancy.engine_idle_ttl / 100)
         # The settings each cached engine was built from: other settings need a new one.
         self._built_from: dict[str, TenantSettings] = {}
         self._cache = TenantEngineCache(tenancy.max_engines, tenancy.engine_idle_ttl, self._retire)
@@ -92,7 +93,7 @@ class DatabaseTenancy:
         is built and cached on the way)."""
         if self._tenancy.url_template is None:
             return None
-        found = TenantSettings()
+        found = NO_OVERRIDES
         try:
             await self.database(tenant, found)
         except UnknownTenantError:
@@ -170,7 +171,7 @@ class DatabaseTenancy:
                 f"cannot {action} tenant {tenant!r}: dbrouter creates and drops only the "
                 "databases it derives from tenancy.url_template, and none is set"
             )
-        url = self._url(tenant, TenantSettings())
+        url = self._url(tenant, NO_OVERRIDES)
         assert url is not None
         return url
 
@@ -179,7 +180,7 @@ class DatabaseTenancy:
         # The server's own "postgres" database, with the role, TLS and timeouts a template
         # tenant's engine gets, in autocommit: CREATE and DROP DATABASE cannot run inside a
         # transaction.
-        settings = self._database_settings(tenant, TenantSettings())
+        settings = self._database_settings(tenant, NO_OVERRIDES)
         url = settings.url.set(database="postgres")
         maintenance = self._factory.build(
             f"maintenance:{url.host or 'local'}",
@@ -220,9 +221,14 @@ class DatabaseTenancy:
         """The database of *tenant*, built (exactly once, however many ask) on first use."""
         database = self._cache.get(tenant)
         if database is not None and not database.leases.retired:
-            if self._built_from.get(tenant) == settings:
-                self._cache[tenant] = database  # idle time counts from the last use
-                self._last_used[tenant] = time.monotonic()
+            built_from = self._built_from.get(tenant)
+            if built_from is settings or built_from == settings:
+                now = time.monotonic()
+                if now - self._last_used.get(tenant, 0.0) >= self._refresh_after:
+                    # Idle time counts from the last use, to within a fraction of the ttl:
+                    # putting the entry back costs more than the rest of this lookup.
+                    self._cache[tenant] = database
+                    self._last_used[tenant] = now
                 return database
             self.evict(tenant)  # re-pointed since it was built
         return await self._building.run(tenant, functools.partial(self._build, tenant, settings))

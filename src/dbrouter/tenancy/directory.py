@@ -15,7 +15,7 @@ from cachetools import TTLCache
 
 from ..errors import ConfigurationError, TenantResolutionError, UnknownTenantError
 from ..events import EventBus, TenantLookedUp
-from ..settings import TenancySettings, TenantSettings
+from ..settings import NO_OVERRIDES, TenancySettings, TenantSettings
 from ..singleflight import SingleFlight
 
 __all__ = ["ListingTenantCatalog", "TenantCatalog", "TenantDirectory", "is_reserved"]
@@ -142,7 +142,7 @@ class TenantDirectory:
         """Remember that *tenant*'s storage exists (it was just created): its next lookup
         asks nobody."""
         if tenant not in self._static:
-            self._answers[tenant] = TenantSettings()
+            self._answers[tenant] = NO_OVERRIDES
 
     def add(self, tenant: str, settings: TenantSettings) -> None:
         """Declare *tenant* (or replace its settings)."""

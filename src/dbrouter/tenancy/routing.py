@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from ..errors import UnknownTenantError, UnmanagedTenantError
-from ..settings import TenantSettings
+from ..settings import NO_OVERRIDES, TenantSettings
 from .directory import TenantCatalog, TenantDirectory
 from .resolvers import HeaderTenantResolver, TenantResolver
 from .strategy import StrategyContext, TenancyStrategy, TenantRoute, TenantStorage, strategies
@@ -41,9 +41,11 @@ class Tenancy:
         tenant = self.directory.validate(raw)
         return tenant, await self.directory.lookup(tenant, self._find)
 
-    async def route(self, tenant: str) -> TenantRoute:
-        """The database of *tenant* and how to open a session on it (see `identify`)."""
-        tenant, settings = await self.identify(tenant)
+    async def route(self, tenant: str, settings: TenantSettings | None = None) -> TenantRoute:
+        """The database of *tenant* and how to open a session on it: *settings* are those
+        `identify` gave for it, else it is identified first."""
+        if settings is None:
+            tenant, settings = await self.identify(tenant)
         try:
             return await self.strategy.route(tenant, settings)
         except UnknownTenantError:
@@ -94,7 +96,7 @@ class Tenancy:
         declared = self.directory.declared(tenant)
         if declared is None and self.directory.has_catalog:
             return "(the tenant catalog's)"
-        return self.strategy.where(tenant, declared or TenantSettings())
+        return self.strategy.where(tenant, declared or NO_OVERRIDES)
 
     async def create(self, tenant: str) -> None:
         """Create *tenant*'s database or schema and make it known at once; the tenant id
@@ -157,4 +159,4 @@ class Tenancy:
 
 async def _found(tenant: str) -> TenantSettings:
     # What the strategies' own find answers for a tenant whose storage exists.
-    return TenantSettings()
+    return NO_OVERRIDES

@@ -11,19 +11,29 @@ tenant, so SQLAlchemy's compiled-statement cache does not grow per tenant.
 
 Temporary tables outlive transactions and PostgreSQL searches them before the search
 path, so a connection that served a tenant drops its temporary objects (``DISCARD TEMP``)
-when it goes back to the pool. AUTOCOMMIT is refused: it has no transaction to pin.
+before it goes back to the pool. AUTOCOMMIT is refused: it has no transaction to pin.
+
+Over asyncpg neither costs a round trip of its own: the pin travels in one message with
+the ``BEGIN``, and the clean-up with the ``COMMIT`` or ``ROLLBACK`` that ends the
+session's last transaction (`TenantSchemaSession.ending`). A session that ends otherwise
+(its transaction ended earlier, or the end failed) is cleaned up as the pool takes its
+connection back, one round trip then; so are other drivers' sessions, whose pin is a
+statement of its own.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
+import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
@@ -33,7 +43,7 @@ from sqlalchemy.util import await_only
 from ..databases import Database, GuardedSession
 from ..errors import ConfigurationError, TenantError
 from ..outages import as_unavailable
-from ..settings import TenantSettings
+from ..settings import NO_OVERRIDES, TenantSettings
 from ..urls import is_postgresql
 from .storage import quoted, refused
 from .strategy import StrategyContext, TenantRoute, TenantStorage
@@ -53,17 +63,109 @@ _EXISTS = text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :name)
 class TenantSchemaSession(GuardedSession):
     """A session that pins every transaction to the schema in ``info``."""
 
+    last_transaction = False
+    """Whether the transaction under way is the session's last: its end drops the
+    connection's temporary objects too."""
+
+    def ending(self) -> None:
+        """The next end of a transaction ends the session's use: it cleans up as well."""
+        self.last_transaction = True
+
+
+# How asyncpg begins a transaction, by the adapter's isolation level, read-only and
+# deferrable settings; the pin is appended to it.
+_ISOLATION = {
+    None: "",
+    "read_committed": " ISOLATION LEVEL READ COMMITTED",
+    "read_uncommitted": " ISOLATION LEVEL READ UNCOMMITTED",
+    "repeatable_read": " ISOLATION LEVEL REPEATABLE READ",
+    "serializable": " ISOLATION LEVEL SERIALIZABLE",
+}
+# What a search path holds: it is written into the message as a literal.
+_PATH = re.compile(r'"[a-z0-9_-]+"')
+
 
 @event.listens_for(TenantSchemaSession, "after_begin")
 def _pin_schema(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
     pooled = connection.connection
-    if getattr(pooled.dbapi_connection, "autocommit", False):
+    adapter = pooled.dbapi_connection
+    if getattr(adapter, "autocommit", False):
         raise TenantError(
             "a tenant session cannot run with isolation_level='AUTOCOMMIT': the tenant's "
             "schema is pinned per transaction; use any other isolation level"
         )
     pooled.info[_SERVED_TENANT] = True
-    connection.execute(_PIN, {"path": session.info[_SEARCH_PATH]})
+    path = session.info[_SEARCH_PATH]
+    if not (
+        isinstance(adapter, AsyncAdapt_asyncpg_connection)
+        and isinstance(adapter.driver_connection, asyncpg.Connection)  # not a stand-in
+        and adapter._transaction is None
+        and adapter.isolation_level in _ISOLATION
+        and _PATH.fullmatch(path)
+    ):
+        connection.execute(_PIN, {"path": path})
+        return
+    assert isinstance(session, TenantSchemaSession)
+    begin = "BEGIN" + _ISOLATION[adapter.isolation_level]
+    if adapter.readonly:
+        begin += " READ ONLY"
+    if adapter.deferrable:
+        begin += " DEFERRABLE"
+    statement = f"{begin}; SELECT set_config('search_path', '{path}', true)"
+    try:
+        pinned = _PinnedTransaction(adapter, session, pooled.info)
+        await_only(_begin_pinned(adapter, statement, pinned))
+    except BaseException as error:
+        # As a failed statement is handled: a lost connection is invalidated, the error
+        # wrapped as SQLAlchemy's.
+        connection._handle_dbapi_exception(error, statement, None, None, None)
+
+
+async def _begin_pinned(
+    adapter: AsyncAdapt_asyncpg_connection, statement: str, transaction: _PinnedTransaction
+) -> None:
+    driver: asyncpg.Connection[Any] = adapter.driver_connection
+    async with adapter._execute_mutex:
+        try:
+            await driver.execute(statement)
+        except Exception as error:
+            if driver.is_in_transaction():
+                # Begun, then failed: the transaction needs its rollback.
+                adapter._transaction = cast(Any, transaction)
+            adapter._handle_exception(error)  # the adapter's own error, as a cursor raises it
+        adapter._transaction = cast(Any, transaction)
+
+
+class _PinnedTransaction:
+    """The transaction of an asyncpg connection, begun by `_pin_schema` with its pin: what
+    the SQLAlchemy adapter commits or rolls back in place of asyncpg's own."""
+
+    __slots__ = ("_adapter", "_record", "_session")
+
+    def __init__(
+        self,
+        adapter: AsyncAdapt_asyncpg_connection,
+        session: TenantSchemaSession,
+        record: dict[Any, Any],
+    ) -> None:
+        self._adapter = adapter
+        self._session = session
+        self._record = record
+
+    async def commit(self) -> None:
+        await self._end("COMMIT")
+
+    async def rollback(self) -> None:
+        await self._end("ROLLBACK")
+
+    async def _end(self, verb: str) -> None:
+        driver: asyncpg.Connection[Any] = self._adapter.driver_connection
+        if not self._session.last_transaction:
+            await driver.execute(verb)
+            return
+        # After the COMMIT or ROLLBACK, outside any transaction: nothing can undo it.
+        await driver.execute(f"{verb}; DISCARD TEMP")
+        self._record.pop(_SERVED_TENANT, None)
 
 
 def _discard_temporary_objects(
@@ -217,4 +319,4 @@ class SchemaTenancy:
         """Tenant settings when *tenant*'s schema exists, else None."""
         async with self.database.engine.connect() as connection:
             found = await connection.scalar(_EXISTS, {"name": self.schema(tenant)})
-        return TenantSettings() if found else None
+        return NO_OVERRIDES if found else None
