@@ -5,6 +5,7 @@
 # and the committing dependency refers to a local variable.
 import functools
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from contextvars import Token
 from typing import Annotated, Any, NoReturn
 
@@ -39,6 +40,7 @@ STATE_KEY = "dbrouter"
 DATABASE_ATTRIBUTE = "__dbrouter_database__"
 TENANT_MARK = "<tenant>"  # stands for "the request's tenant" among the database names used
 _SCOPE_TENANT = "dbrouter.tenant"  # the request's tenant and its settings, once looked up
+_REQUEST_STACK = "fastapi_inner_astack"  # where FastAPI ends request-scoped dependencies
 
 SessionDependency = Callable[..., Any]
 """What `get_db` returns: a callable for ``Depends``."""
@@ -224,17 +226,21 @@ def _tenant_session_dependency(commit: bool) -> SessionDependency:
         except DBRouterError as exc:
             _answer(exc, router, f"tenant:{tenant}")
         finally:
-            known.leave()
+            # A committed session ends before the response; its tenant stays current
+            # until the request's own end (its background tasks included), where FastAPI
+            # ends the request's dependencies.
+            request_stack = request.scope.get(_REQUEST_STACK) if commit else None
+            if isinstance(request_stack, AsyncExitStack):
+                request_stack.callback(known.leave)
+            else:
+                known.leave()
 
     setattr(provide_tenant_session, DATABASE_ATTRIBUTE, TENANT_MARK)
     if not commit:
         return provide_tenant_session
 
-    # The session ends before the response; `provide_tenant` keeps the tenant current
-    # until the request ends (its background tasks included), as a reading session does.
     async def provide_committed_tenant_session(
         session: Annotated[AsyncSession, Depends(provide_tenant_session, scope="function")],
-        tenant: Annotated[str, Depends(provide_tenant)],
     ) -> AsyncSession:
         return session
 
