@@ -435,6 +435,27 @@ async def test_the_tenant_is_found_once_and_current_until_the_request_ends(
             assert current_tenant() is None
 
 
+async def test_a_declared_tenant_with_a_reserved_or_overlong_id_is_still_refused(
+    pg_url: str,
+) -> None:
+    # Configuration checks ids against the pattern only; requests refuse reserved names
+    # and ids PostgreSQL would cut, declared or not, and every time.
+    overlong = "a" * 60
+    router = DatabaseRouter(
+        RouterSettings(
+            databases={"primary": {"url": pg_url}},
+            tenancy={"strategy": "schema", "tenants": {"pg_acme": {}, overlong: {}, "acme": {}}},
+        )
+    )
+    async with router:
+        for _ in range(2):
+            for tenant in ("pg_acme", overlong):
+                with pytest.raises(TenantResolutionError):
+                    async with router.tenant_session(tenant):
+                        pass
+            assert (await router.tenancy.identify("acme"))[0] == "acme"
+
+
 async def test_tenant_session_outside_requests(router: DatabaseRouter) -> None:
     async with router.tenant_session(TENANTS[4], commit=True) as session:
         assert current_tenant() == TENANTS[4]

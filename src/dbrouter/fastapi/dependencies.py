@@ -20,6 +20,7 @@ from ..outages import classify
 from ..router import DatabaseRouter
 from ..settings import TenantSettings
 from ..tenancy.resolvers import TenantRequest
+from ..tenancy.routing import Tenancy
 from .errors import http_error
 
 __all__ = [
@@ -99,9 +100,10 @@ class _RequestTenant:
     tenant is made current by the first to start and reset by the last to end.
     """
 
-    __slots__ = ("_token", "_users", "settings", "tenant")
+    __slots__ = ("_token", "_users", "settings", "tenancy", "tenant")
 
-    def __init__(self, tenant: str, settings: TenantSettings) -> None:
+    def __init__(self, tenancy: Tenancy, tenant: str, settings: TenantSettings) -> None:
+        self.tenancy = tenancy
         self.tenant = tenant
         self.settings = settings
         self._users = 0
@@ -138,7 +140,7 @@ async def _request_tenant(request: Request, router: DatabaseRouter) -> _RequestT
                 state=scope.get("state") or {},
             )
         )
-        known = _RequestTenant(*await tenancy.identify(raw))
+        known = _RequestTenant(tenancy, *await tenancy.identify(raw))
     except DBRouterError as exc:
         _answer(exc, router, router.settings.default_database)
     scope[_SCOPE_TENANT] = known
@@ -217,7 +219,7 @@ def _tenant_session_dependency(commit: bool) -> SessionDependency:
         known = await _request_tenant(request, router)
         tenant = known.tenant
         lent = TenantLentSession(
-            tenant, router.tenancy.route, commit=commit, settings=known.settings, current=False
+            tenant, known.tenancy.route, commit=commit, settings=known.settings, current=False
         )
         known.enter()
         try:

@@ -8,10 +8,9 @@ so a flood of them does not reach the catalog.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, runtime_checkable
-
-from cachetools import TTLCache
 
 from ..errors import ConfigurationError, TenantResolutionError, UnknownTenantError
 from ..events import EventBus, TenantLookedUp
@@ -48,6 +47,58 @@ _SHOWN_LENGTH = 40
 _SAFE = re.compile(r"[a-z0-9_-]+")
 
 
+class Answers:
+    """What was found out about tenants nobody declared, each answer for *ttl* seconds;
+    at most *maxsize* answers, the oldest dropped first.
+
+    A plain dict ordered by age: every answer lives as long, so the oldest expire first.
+    Reading an answer is a dictionary lookup and a clock reading (it is on the path of
+    every request), and a tenant costs the memory of its id and its expiry time: the
+    found tenants share one settings value.
+    """
+
+    __slots__ = ("_entries", "_maxsize", "_ttl")
+
+    def __init__(self, maxsize: int, ttl: float) -> None:
+        self._maxsize = maxsize
+        self._ttl = ttl
+        self._entries: dict[str, tuple[float, TenantSettings | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, tenant: str) -> tuple[bool, TenantSettings | None]:
+        """Whether an answer about *tenant* is known, and the answer (None: no such
+        tenant)."""
+        entry = self._entries.get(tenant)
+        if entry is None:
+            return False, None
+        expires, answer = entry
+        if time.monotonic() >= expires:
+            del self._entries[tenant]
+            return False, None
+        return True, answer
+
+    def put(self, tenant: str, answer: TenantSettings | None) -> None:
+        """Remember *answer* about *tenant* for the next ttl seconds."""
+        entries = self._entries
+        now = time.monotonic()
+        entries.pop(tenant, None)  # to the young end
+        entries[tenant] = (now + self._ttl, answer)
+        # Drop the expired and, past the bound, the oldest: both at the old end.
+        while entries:
+            oldest = next(iter(entries))
+            if len(entries) <= self._maxsize and entries[oldest][0] > now:
+                break
+            del entries[oldest]
+
+    def pop(self, tenant: str) -> bool:
+        """Forget the answer about *tenant*; whether it was a tenant found (and still
+        fresh)."""
+        entry = self._entries.pop(tenant, None)
+        return entry is not None and entry[1] is not None and time.monotonic() < entry[0]
+
+
 def is_reserved(tenant: str) -> bool:
     """Names that belong to PostgreSQL itself and can never be a tenant."""
     return tenant in _RESERVED or tenant.startswith("pg_")
@@ -74,11 +125,26 @@ class TenantDirectory:
         self._pattern = re.compile(tenancy.id_pattern)
         self._max_length = tenancy.max_id_length()
         self._static: dict[str, TenantSettings] = dict(tenancy.tenants)
+        # The declared tenants whose id passes `validate` (configuration does not check
+        # reserved names or lengths): `known` may serve them without checking again.
+        self._valid_static = {
+            tenant: settings for tenant, settings in self._static.items() if self.is_valid(tenant)
+        }
         self._catalog = catalog
-        self._answers: TTLCache[str, TenantSettings | None] = TTLCache(
-            catalog_size, tenancy.lookup_ttl
-        )
+        self._answers = Answers(catalog_size, tenancy.lookup_ttl)
         self._pending: SingleFlight[str, TenantSettings | None] = SingleFlight()
+
+    def known(self, raw: str) -> TenantSettings | None:
+        """The settings of *raw* when it is the id of a tenant declared or found lately,
+        else None (then `validate` and `lookup` it).
+
+        Such an id passed `validate` when it was declared or found, so it is not checked
+        again: this is the path of most requests.
+        """
+        settings = self._valid_static.get(raw)
+        if settings is not None:
+            return settings
+        return self._answers.get(raw)[1]
 
     def is_valid(self, raw: object) -> bool:
         """Whether *raw* passes `validate`."""
@@ -142,25 +208,27 @@ class TenantDirectory:
         """Remember that *tenant*'s storage exists (it was just created): its next lookup
         asks nobody."""
         if tenant not in self._static:
-            self._answers[tenant] = NO_OVERRIDES
+            self._answers.put(tenant, NO_OVERRIDES)
 
     def add(self, tenant: str, settings: TenantSettings) -> None:
         """Declare *tenant* (or replace its settings)."""
         self._static[self.validate(tenant)] = settings
-        self._answers.pop(tenant, None)
+        self._valid_static[tenant] = settings
+        self._answers.pop(tenant)
 
     def remove(self, tenant: str) -> bool:
         """Forget *tenant*: its declaration and any cached answer; whether either existed."""
         declared = self._static.pop(tenant, None) is not None
-        answered = self._answers.pop(tenant, None) is not None
+        self._valid_static.pop(tenant, None)
+        answered = self._answers.pop(tenant)
         return declared or answered
 
     def forget(self, tenant: str, *, unknown: bool) -> None:
         """Drop the cached answer for *tenant*; with *unknown*, remember it as not found."""
         if unknown:
-            self._answers[tenant] = None
+            self._answers.put(tenant, None)
         else:
-            self._answers.pop(tenant, None)
+            self._answers.pop(tenant)
 
     async def lookup(
         self, tenant: str, fallback: Callable[[str], Awaitable[TenantSettings | None]]
@@ -169,9 +237,8 @@ class TenantDirectory:
         found = self._static.get(tenant)
         if found is not None:
             return found
-        try:
-            answer = self._answers[tenant]
-        except KeyError:
+        known, answer = self._answers.get(tenant)
+        if not known:
             answer = await self._ask_once(tenant, fallback)
         if answer is None:
             raise UnknownTenantError(tenant)
@@ -185,7 +252,7 @@ class TenantDirectory:
 
         async def look_up() -> TenantSettings | None:
             answer = await ask(tenant)
-            self._answers[tenant] = answer
+            self._answers.put(tenant, answer)
             events = self._events
             if events is not None and events.wants(TenantLookedUp):
                 events.emit(TenantLookedUp(tenant, answer is not None))

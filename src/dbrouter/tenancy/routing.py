@@ -38,8 +38,13 @@ class Tenancy:
         Raises `TenantResolutionError` for a missing or malformed id (before any I/O) and
         `UnknownTenantError` for an id that names no tenant.
         """
-        tenant = self.directory.validate(raw)
-        return tenant, await self.directory.lookup(tenant, self._find)
+        directory = self.directory
+        if type(raw) is str:  # a subclass could compare equal to an id it is not
+            settings = directory.known(raw)
+            if settings is not None:
+                return raw, settings
+        tenant = directory.validate(raw)
+        return tenant, await directory.lookup(tenant, self._find)
 
     async def route(self, tenant: str, settings: TenantSettings | None = None) -> TenantRoute:
         """The database of *tenant* and how to open a session on it: *settings* are those

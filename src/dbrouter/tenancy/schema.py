@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -81,8 +80,6 @@ _ISOLATION = {
     "repeatable_read": " ISOLATION LEVEL REPEATABLE READ",
     "serializable": " ISOLATION LEVEL SERIALIZABLE",
 }
-# What a search path holds: it is written into the message as a literal.
-_PATH = re.compile(r'"[a-z0-9_-]+"')
 
 
 @event.listens_for(TenantSchemaSession, "after_begin")
@@ -101,7 +98,6 @@ def _pin_schema(session: Session, transaction: SessionTransaction, connection: C
         and isinstance(adapter.driver_connection, asyncpg.Connection)  # not a stand-in
         and adapter._transaction is None
         and adapter.isolation_level in _ISOLATION
-        and _PATH.fullmatch(path)
     ):
         connection.execute(_PIN, {"path": path})
         return
@@ -111,6 +107,8 @@ def _pin_schema(session: Session, transaction: SessionTransaction, connection: C
         begin += " READ ONLY"
     if adapter.deferrable:
         begin += " DEFERRABLE"
+    # A literal in the message: the schema template and tenant ids allow only lowercase
+    # letters, digits, '_' and '-' (`search_path` quotes the name).
     statement = f"{begin}; SELECT set_config('search_path', '{path}', true)"
     try:
         pinned = _PinnedTransaction(adapter, session, pooled.info)
@@ -124,16 +122,17 @@ def _pin_schema(session: Session, transaction: SessionTransaction, connection: C
 async def _begin_pinned(
     adapter: AsyncAdapt_asyncpg_connection, statement: str, transaction: _PinnedTransaction
 ) -> None:
+    # No need for the adapter's lock: the connection was just checked out for this
+    # session, which SQLAlchemy keeps from running two operations at once.
     driver: asyncpg.Connection[Any] = adapter.driver_connection
-    async with adapter._execute_mutex:
-        try:
-            await driver.execute(statement)
-        except Exception as error:
-            if driver.is_in_transaction():
-                # Begun, then failed: the transaction needs its rollback.
-                adapter._transaction = cast(Any, transaction)
-            adapter._handle_exception(error)  # the adapter's own error, as a cursor raises it
-        adapter._transaction = cast(Any, transaction)
+    try:
+        await driver.execute(statement)
+    except Exception as error:
+        if driver.is_in_transaction():
+            # Begun, then failed: the transaction needs its rollback.
+            adapter._transaction = cast(Any, transaction)
+        adapter._handle_exception(error)  # the adapter's own error, as a cursor raises it
+    adapter._transaction = cast(Any, transaction)
 
 
 class _PinnedTransaction:
