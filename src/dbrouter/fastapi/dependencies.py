@@ -41,7 +41,9 @@ STATE_KEY = "dbrouter"
 DATABASE_ATTRIBUTE = "__dbrouter_database__"
 TENANT_MARK = "<tenant>"  # stands for "the request's tenant" among the database names used
 _SCOPE_TENANT = "dbrouter.tenant"  # the request's tenant and its settings, once looked up
-_REQUEST_STACK = "fastapi_inner_astack"  # where FastAPI ends request-scoped dependencies
+# FastAPI's own key for the exit stack of request-scoped dependencies (not a public name:
+# without it, a committed session's tenant is reset when the session ends).
+_REQUEST_STACK = "fastapi_inner_astack"
 
 SessionDependency = Callable[..., Any]
 """What `get_db` returns: a callable for ``Depends``."""
