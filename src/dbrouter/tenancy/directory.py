@@ -17,7 +17,7 @@ from ..events import EventBus, TenantLookedUp
 from ..settings import NO_OVERRIDES, TenancySettings, TenantSettings
 from ..singleflight import SingleFlight
 
-__all__ = ["ListingTenantCatalog", "TenantCatalog", "TenantDirectory", "is_reserved"]
+__all__ = ["Answers", "ListingTenantCatalog", "TenantCatalog", "TenantDirectory", "is_reserved"]
 
 TenantCatalog = Callable[[str], Awaitable[TenantSettings | None]]
 """An async function that looks a tenant id up (in a ``tenants`` table, a service...) and
