@@ -140,6 +140,9 @@ class LentSession:
         database = self._database
         assert session is not None
         assert database is not None
+        sync_session = session.sync_session
+        if isinstance(sync_session, GuardedSession):
+            sync_session.ending()  # what ends its transaction now ends its use
         try:
             if exc is not None:
                 await self._failed(session, database, exc)
@@ -154,7 +157,6 @@ class LentSession:
                 await _close(session)
             finally:
                 database.leases.release()
-                sync_session = session.sync_session
                 if isinstance(sync_session, GuardedSession):
                     sync_session.end(_ENDED)
                 if isinstance(sync_session, ReplicaSession):
@@ -239,11 +241,6 @@ class TenantLentSession:
         lent, token = self._lent, self._token
         assert lent is not None
         try:
-            session = lent._session
-            if session is not None:
-                sync_session = session.sync_session
-                if isinstance(sync_session, GuardedSession):
-                    sync_session.ending()
             await lent.__aexit__(exc_type, exc, traceback)
         finally:
             if token is not None:

@@ -93,9 +93,10 @@ def _pin_schema(session: Session, transaction: SessionTransaction, connection: C
         )
     pooled.info[_SERVED_TENANT] = True
     path = session.info[_SEARCH_PATH]
+    driver = pooled.driver_connection
     if not (
         isinstance(adapter, AsyncAdapt_asyncpg_connection)
-        and isinstance(adapter.driver_connection, asyncpg.Connection)  # not a stand-in
+        and isinstance(driver, asyncpg.Connection)  # not a stand-in
         and adapter._transaction is None
         and adapter.isolation_level in _ISOLATION
     ):
@@ -111,8 +112,8 @@ def _pin_schema(session: Session, transaction: SessionTransaction, connection: C
     # letters, digits, '_' and '-' (`search_path` quotes the name).
     statement = f"{begin}; SELECT set_config('search_path', '{path}', true)"
     try:
-        pinned = _PinnedTransaction(adapter, session, pooled.info)
-        await_only(_begin_pinned(adapter, statement, pinned))
+        pinned = _PinnedTransaction(driver, session, pooled.info)
+        await_only(_begin_pinned(adapter, driver, statement, pinned))
     except BaseException as error:
         # As a failed statement is handled: a lost connection is invalidated, the error
         # wrapped as SQLAlchemy's.
@@ -120,11 +121,13 @@ def _pin_schema(session: Session, transaction: SessionTransaction, connection: C
 
 
 async def _begin_pinned(
-    adapter: AsyncAdapt_asyncpg_connection, statement: str, transaction: _PinnedTransaction
+    adapter: AsyncAdapt_asyncpg_connection,
+    driver: asyncpg.Connection[Any],
+    statement: str,
+    transaction: _PinnedTransaction,
 ) -> None:
     # No need for the adapter's lock: the connection was just checked out for this
     # session, which SQLAlchemy keeps from running two operations at once.
-    driver: asyncpg.Connection[Any] = adapter.driver_connection
     try:
         await driver.execute(statement)
     except Exception as error:
@@ -139,15 +142,15 @@ class _PinnedTransaction:
     """The transaction of an asyncpg connection, begun by `_pin_schema` with its pin: what
     the SQLAlchemy adapter commits or rolls back in place of asyncpg's own."""
 
-    __slots__ = ("_adapter", "_record", "_session")
+    __slots__ = ("_driver", "_record", "_session")
 
     def __init__(
         self,
-        adapter: AsyncAdapt_asyncpg_connection,
+        driver: asyncpg.Connection[Any],
         session: TenantSchemaSession,
         record: dict[Any, Any],
     ) -> None:
-        self._adapter = adapter
+        self._driver = driver
         self._session = session
         self._record = record
 
@@ -158,12 +161,11 @@ class _PinnedTransaction:
         await self._end("ROLLBACK")
 
     async def _end(self, verb: str) -> None:
-        driver: asyncpg.Connection[Any] = self._adapter.driver_connection
         if not self._session.last_transaction:
-            await driver.execute(verb)
+            await self._driver.execute(verb)
             return
         # After the COMMIT or ROLLBACK, outside any transaction: nothing can undo it.
-        await driver.execute(f"{verb}; DISCARD TEMP")
+        await self._driver.execute(f"{verb}; DISCARD TEMP")
         self._record.pop(_SERVED_TENANT, None)
 
 
