@@ -187,7 +187,10 @@ async def sample_connections(
     try:
         while True:
             seen = await connection.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE $1", prefix + "%"
+                # Client sessions only: autovacuum workers visit the tenant databases too.
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND datname LIKE $1",
+                prefix + "%",
             )
             peaks["server"] = max(peaks["server"], int(seen))
             peaks["router"] = max(peaks["router"], router.open_connections or 0)

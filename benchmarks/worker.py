@@ -233,7 +233,14 @@ async def prepare(args: argparse.Namespace) -> dict[str, Any]:
             version = (await connection.execute(text("SHOW server_version"))).scalar_one()
             allowed = int((await connection.execute(text("SHOW max_connections"))).scalar_one())
             in_use = (
-                await connection.execute(text("SELECT count(*) FROM pg_stat_activity"))
+                await connection.execute(
+                    # What counts against max_connections: the server's own processes
+                    # have slots of their own.
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE backend_type = 'client backend'"
+                    )
+                )
             ).scalar_one()
             # Only a server that loads the library at start can have the extension.
             with contextlib.suppress(Exception):

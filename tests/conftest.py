@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.support.pgbouncer import describe_pgbouncer
-from tests.support.postgres import PostgresServer, find_install, running_server
+from tests.support.postgres import CLIENT_BACKENDS, PostgresServer, find_install, running_server
 
 POSTGRES_URL_ENV = "DBROUTER_TEST_POSTGRES_URL"
 
@@ -119,7 +119,7 @@ async def server_connections(url: str) -> int:
     )
     try:
         count = await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            f"SELECT count(*) FROM {CLIENT_BACKENDS} AND datname = $1",
             database,
         )
     finally:

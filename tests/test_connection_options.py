@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dbrouter import DatabaseRouter, DatabaseUnavailableError, RouterSettings, get_db
 from tests.conftest import serve, server_connections
 from tests.support.pgbouncer import running_pgbouncer
+from tests.support.postgres import CLIENT_BACKENDS
 from tests.support.tenants import tenant_databases
 
 DRIVERS = ["asyncpg", "psycopg"]
@@ -168,7 +169,7 @@ async def backend_pids(url: str) -> set[int]:
     )
     try:
         rows = await connection.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1", make_url(url).database
+            f"SELECT pid FROM {CLIENT_BACKENDS} AND datname = $1", make_url(url).database
         )
     finally:
         await connection.close()

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dbrouter import DatabaseRouter, RouterSettings, get_db
 from dbrouter.events import DatabaseRecovered, DatabaseUnavailable
 from tests.conftest import serve, server_connections
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import CLIENT_BACKENDS, PostgresServer
 
 pytestmark = pytest.mark.faults
 
@@ -69,9 +69,8 @@ async def lingering(server: PostgresServer) -> list[tuple[str, ...]]:
     """Sessions of the app's database that are busy or stuck in a transaction."""
     rows = await asyncio.to_thread(
         server.query,
-        "SELECT state, query FROM pg_stat_activity WHERE datname = 'app' "
-        "AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)') "
-        "AND pid <> pg_backend_pid()",
+        f"SELECT state, query FROM {CLIENT_BACKENDS} AND datname = 'app' "
+        "AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')",
     )
     return rows
 

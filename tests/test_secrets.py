@@ -29,6 +29,7 @@ from dbrouter import (
 )
 from dbrouter.settings import SECRET
 from tests.conftest import serve
+from tests.support.postgres import CLIENT_BACKENDS
 
 PASSWORD = "s3cr@t:/p%ss@w0rd:/"
 QUOTED = quote(PASSWORD, safe="")
@@ -56,7 +57,7 @@ async def secret_url(postgres_admin_url: str, pg_url: str) -> AsyncIterator[str]
         )
     finally:
         await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role
+            f"SELECT pg_terminate_backend(pid) FROM {CLIENT_BACKENDS} AND usename = $1", role
         )
         await admin.execute(f"DROP ROLE IF EXISTS {role}")
         await admin.close()

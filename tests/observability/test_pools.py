@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dbrouter import DatabaseRouter, DatabaseUnavailableError, PoolMetrics, RouterSettings
 from dbrouter.metrics.pools import MeteredPool
 from tests.conftest import server_connections
+from tests.support.postgres import CLIENT_BACKENDS
 
 
 def router_on(url: str, **pool: object) -> DatabaseRouter:
@@ -70,8 +71,8 @@ async def test_counts_stay_right_when_the_server_ends_connections(
         async with router.session() as session:
             await session.execute(
                 text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    f"SELECT pg_terminate_backend(pid) FROM {CLIENT_BACKENDS} "
+                    "AND datname = current_database()"
                 )
             )
         await asyncio.sleep(0.2)  # the server's goodbyes reach the idle connections

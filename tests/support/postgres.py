@@ -19,6 +19,7 @@ from dbrouter.testing.postgres import (
 
 __all__ = [
     "BINDIR_ENV",
+    "CLIENT_BACKENDS",
     "HOST",
     "SUPERUSER",
     "USER_ENV",
@@ -30,3 +31,10 @@ __all__ = [
     "running_server",
     "wait_for_replay",
 ]
+
+CLIENT_BACKENDS = (
+    "pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+)
+"""The sessions clients have open, the asking one left out. The server's own processes
+show in ``pg_stat_activity`` too, under the database they work on: an autovacuum worker
+visiting a test's database is not a connection anybody opened."""

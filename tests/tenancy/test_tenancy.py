@@ -45,6 +45,7 @@ from dbrouter import (
 )
 from dbrouter.events import EngineBuilt
 from tests.conftest import serve, server_connections
+from tests.support.postgres import CLIENT_BACKENDS
 from tests.support.tenants import owners_in, tenant_databases, tenant_schemas
 
 Tenant = Annotated[str, Depends(get_tenant())]
@@ -331,8 +332,8 @@ async def test_a_cancellation_while_temporary_objects_are_dropped_loses_no_conne
             discarding = False
             while not task.done() and not discarding:
                 discarding = await watcher.fetchval(
-                    "SELECT count(*) > 0 FROM pg_stat_activity "
-                    "WHERE query LIKE '%DISCARD TEMP' AND state = 'active'"
+                    f"SELECT count(*) > 0 FROM {CLIENT_BACKENDS} "
+                    "AND query LIKE '%DISCARD TEMP' AND state = 'active'"
                 )
             task.cancel()  # while they are dropped
             with contextlib.suppress(asyncio.CancelledError):
@@ -962,7 +963,7 @@ async def test_the_connection_budget_holds_across_tenants(
             try:
                 while sampling:
                     count = await watcher.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1::text[])",
+                        f"SELECT count(*) FROM {CLIENT_BACKENDS} AND datname = ANY($1::text[])",
                         [*names, make_url(pg_url).database],
                     )
                     peak = max(peak, int(count))
