@@ -64,6 +64,9 @@ ROWS = 1000
 
 SELECT_ITEM = text("SELECT id, name FROM items WHERE id = :id")
 HIT_ITEM = text("UPDATE items SET hits = hits + 1 WHERE id = :id")
+CLIENT_SESSIONS = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+"""How many sessions clients have open on the server: its own processes (autovacuum
+workers, under the database they visit) have slots of their own."""
 
 Call = Callable[[str, str], Awaitable[None]]
 """Sends one request (method, path) to one app; raises unless the answer is a 200."""

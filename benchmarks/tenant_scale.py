@@ -33,7 +33,13 @@ from typing import Any
 
 import asyncpg
 from asgi_lifespan import LifespanManager
-from bench_get_db import add_item_routes, asyncpg_url, call_asgi, execute_autocommit
+from bench_get_db import (
+    CLIENT_SESSIONS,
+    add_item_routes,
+    asyncpg_url,
+    call_asgi,
+    execute_autocommit,
+)
 from fastapi import Depends, FastAPI
 from sqlalchemy.engine import URL
 from starlette.types import ASGIApp
@@ -187,10 +193,7 @@ async def sample_connections(
     try:
         while True:
             seen = await connection.fetchval(
-                # Client sessions only: autovacuum workers visit the tenant databases too.
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE backend_type = 'client backend' AND datname LIKE $1",
-                prefix + "%",
+                f"{CLIENT_SESSIONS} AND datname LIKE $1", prefix + "%"
             )
             peaks["server"] = max(peaks["server"], int(seen))
             peaks["router"] = max(peaks["router"], router.open_connections or 0)

@@ -28,6 +28,7 @@ from typing import Any
 
 from asgi_lifespan import LifespanManager
 from bench_get_db import (
+    CLIENT_SESSIONS,
     COMMIT,
     READ,
     Call,
@@ -232,16 +233,7 @@ async def prepare(args: argparse.Namespace) -> dict[str, Any]:
         async with admin.connect() as connection:
             version = (await connection.execute(text("SHOW server_version"))).scalar_one()
             allowed = int((await connection.execute(text("SHOW max_connections"))).scalar_one())
-            in_use = (
-                await connection.execute(
-                    # What counts against max_connections: the server's own processes
-                    # have slots of their own.
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE backend_type = 'client backend'"
-                    )
-                )
-            ).scalar_one()
+            in_use = (await connection.execute(text(CLIENT_SESSIONS))).scalar_one()
             # Only a server that loads the library at start can have the extension.
             with contextlib.suppress(Exception):
                 await connection.execute(text("CREATE EXTENSION pg_stat_statements"))

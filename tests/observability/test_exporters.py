@@ -104,6 +104,7 @@ async def settled_metrics(client: httpx.AsyncClient) -> tuple[httpx.Response, li
     """``GET /metrics`` at a moment the primary lends no connection. Requests have all
     given theirs back, but the replica's probe reads the primary's WAL position every
     0.1 s on a connection of its own; a leaked connection never settles."""
+    none_used = Sample("db_client_connection_count", {"pool_name": "primary", "state": "used"}, 0)
     for _ in range(100):
         response = await client.get("/metrics")
         assert response.status_code == 200
@@ -112,8 +113,7 @@ async def settled_metrics(client: httpx.AsyncClient) -> tuple[httpx.Response, li
             for family in text_string_to_metric_families(response.text)
             for sample in family.samples
         ]
-        used = Sample("db_client_connection_count", {"pool_name": "primary", "state": "used"}, 0)
-        if used in samples:
+        if none_used in samples:
             break
         await asyncio.sleep(0.01)
     return response, samples
